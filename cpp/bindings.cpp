@@ -1,0 +1,237 @@
+// bindings.cpp: the Python module lstmcore._core.
+//
+// The boundary is strict: every array must already have the expected dtype, ndim, shape,
+// C-contiguous layout and alignment (the Python layer converts once, on purpose). Messages name
+// the argument and give expected vs actual. Pointers are read with the GIL held; the compute
+// runs with it released. Inputs are never written; outputs are fresh arrays.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "lstmcore/lstm.h"
+
+namespace py = pybind11;
+using lstmcore::Dims;
+
+namespace {
+
+using Shape = std::vector<std::int64_t>;
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream o;
+  o << "(";
+  for (std::size_t k = 0; k < s.size(); ++k) o << (k ? ", " : "") << s[k];
+  o << (s.size() == 1 ? ",)" : ")");
+  return o.str();
+}
+
+Shape shape_of(const py::array& a) {
+  return Shape(a.shape(), a.shape() + a.ndim());
+}
+
+std::string dtype_str(const py::dtype& dt) { return py::str(dt).cast<std::string>(); }
+
+std::string describe(const py::handle& obj) {
+  if (obj.is_none()) return "None";
+  if (!py::isinstance<py::array>(obj)) return py::str(py::type::of(obj).attr("__name__"));
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  return shape_str(shape_of(a)) + " " + dtype_str(a.dtype());
+}
+
+[[noreturn]] void fail(const char* name, const std::string& expected, const py::handle& got) {
+  throw std::invalid_argument(std::string(name) + ": expected " + expected + ", got " +
+                              describe(got));
+}
+
+// Checks one array argument against the exact dtype and shape; returns it.
+py::array require(const py::handle& obj, const char* name, const Shape& shape,
+                  const py::dtype& dt) {
+  const std::string expected = shape_str(shape) + " " + dtype_str(dt);
+  if (!py::isinstance<py::array>(obj)) fail(name, "a numpy array " + expected, obj);
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(dt) && !a.dtype().equal(dt)) fail(name, expected, obj);
+  if (shape_of(a) != shape) fail(name, expected, obj);
+  if (!(a.flags() & py::array::c_style)) {
+    throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array");
+  }
+  if (!a.attr("flags").attr("aligned").cast<bool>()) {
+    throw std::invalid_argument(std::string(name) + ": expected an aligned array");
+  }
+  return a;
+}
+
+template <typename S>
+const S* data_or_null(const py::object& obj, const char* name, const Shape& shape,
+                      const py::dtype& dt) {
+  if (obj.is_none()) return nullptr;
+  return static_cast<const S*>(require(obj, name, shape, dt).data());
+}
+
+template <typename S>
+S* mut(py::array& a) {
+  return static_cast<S*>(a.mutable_data());
+}
+
+py::array empty(const Shape& shape, const py::dtype& dt) { return py::array(dt, shape); }
+
+// What forward keeps for backward. Holds references to the inputs backward reads (x and the
+// weights: changing them between forward and backward changes the gradients, as in any
+// autograd) and owns the cache buffers.
+struct ForwardContext {
+  Dims dims;
+  py::dtype dtype;
+  py::array x, w_ih, w_hh;
+  py::array gates, h_all, c_all, tanh_c;
+};
+
+std::int64_t dim(const py::array& a, int k) { return static_cast<std::int64_t>(a.shape(k)); }
+
+py::dtype float_dtype_of(const py::handle& x) {
+  if (!py::isinstance<py::array>(x)) fail("x", "a numpy array of float32 or float64", x);
+  auto a = py::reinterpret_borrow<py::array>(x);
+  py::dtype dt = a.dtype();
+  if (!dt.equal(py::dtype::of<float>()) && !dt.equal(py::dtype::of<double>())) {
+    throw std::invalid_argument("x: expected dtype float32 or float64, got " + dtype_str(dt));
+  }
+  if (a.ndim() != 3) fail("x", "3 dimensions (T, B, I)", x);
+  return dt;
+}
+
+template <typename S>
+py::tuple forward_impl(const py::array& x, const py::object& h0_obj, const py::object& c0_obj,
+                       const py::object& w_ih_obj, const py::object& w_hh_obj,
+                       const py::object& bias_obj, const py::dtype& dt) {
+  if (!py::isinstance<py::array>(w_hh_obj) ||
+      py::reinterpret_borrow<py::array>(w_hh_obj).ndim() != 2) {
+    fail("w_hh", "a 2-d array (4H, H)", w_hh_obj);
+  }
+  Dims d;
+  d.T = dim(x, 0);
+  d.B = dim(x, 1);
+  d.I = dim(x, 2);
+  d.H = dim(py::reinterpret_borrow<py::array>(w_hh_obj), 1);
+  lstmcore::check_dims(d);
+  const std::int64_t G = 4 * d.H;
+
+  auto ctx = std::make_unique<ForwardContext>();
+  ctx->dims = d;
+  ctx->dtype = dt;
+  ctx->x = require(x, "x", {d.T, d.B, d.I}, dt);
+  ctx->w_ih = require(w_ih_obj, "w_ih", {G, d.I}, dt);
+  ctx->w_hh = require(w_hh_obj, "w_hh", {G, d.H}, dt);
+  const S* bias = static_cast<const S*>(require(bias_obj, "bias", {G}, dt).data());
+  const S* h0 = data_or_null<S>(h0_obj, "h0", {d.B, d.H}, dt);
+  const S* c0 = data_or_null<S>(c0_obj, "c0", {d.B, d.H}, dt);
+
+  ctx->gates = empty({d.T, d.B, G}, dt);
+  ctx->h_all = empty({d.T + 1, d.B, d.H}, dt);
+  ctx->c_all = empty({d.T + 1, d.B, d.H}, dt);
+  ctx->tanh_c = empty({d.T, d.B, d.H}, dt);
+  py::array y = empty({d.T, d.B, d.H}, dt);
+  py::array h_n = empty({d.B, d.H}, dt);
+  py::array c_n = empty({d.B, d.H}, dt);
+
+  const lstmcore::LstmCache<S> cache{mut<S>(ctx->gates), mut<S>(ctx->h_all), mut<S>(ctx->c_all),
+                                     mut<S>(ctx->tanh_c)};
+  const S* xp = static_cast<const S*>(ctx->x.data());
+  const S* w_ih = static_cast<const S*>(ctx->w_ih.data());
+  const S* w_hh = static_cast<const S*>(ctx->w_hh.data());
+  S* yp = mut<S>(y);
+  S* hnp = mut<S>(h_n);
+  S* cnp = mut<S>(c_n);
+  {
+    py::gil_scoped_release nogil;
+    lstmcore::lstm_forward<S>(cache, xp, h0, c0, w_ih, w_hh, bias, d);
+    const std::size_t bh = static_cast<std::size_t>(d.B * d.H);
+    if (bh > 0) {
+      if (d.T > 0) std::memcpy(yp, cache.h_all + bh, sizeof(S) * bh * static_cast<std::size_t>(d.T));
+      std::memcpy(hnp, cache.h_all + bh * static_cast<std::size_t>(d.T), sizeof(S) * bh);
+      std::memcpy(cnp, cache.c_all + bh * static_cast<std::size_t>(d.T), sizeof(S) * bh);
+    }
+  }
+  return py::make_tuple(y, h_n, c_n, py::cast(std::move(ctx)));
+}
+
+py::tuple forward(const py::object& x, const py::object& h0, const py::object& c0,
+                  const py::object& w_ih, const py::object& w_hh, const py::object& bias) {
+  py::dtype dt = float_dtype_of(x);
+  auto xa = py::reinterpret_borrow<py::array>(x);
+  if (dt.equal(py::dtype::of<float>())) return forward_impl<float>(xa, h0, c0, w_ih, w_hh, bias, dt);
+  return forward_impl<double>(xa, h0, c0, w_ih, w_hh, bias, dt);
+}
+
+template <typename S>
+py::tuple backward_impl(const ForwardContext& ctx, const py::object& dy_obj,
+                        const py::object& dh_n_obj, const py::object& dc_n_obj, bool need_dx) {
+  const Dims& d = ctx.dims;
+  const py::dtype& dt = ctx.dtype;
+  const std::int64_t G = 4 * d.H;
+  const S* dy = data_or_null<S>(dy_obj, "dy", {d.T, d.B, d.H}, dt);
+  const S* dh_n = data_or_null<S>(dh_n_obj, "dh_n", {d.B, d.H}, dt);
+  const S* dc_n = data_or_null<S>(dc_n_obj, "dc_n", {d.B, d.H}, dt);
+
+  py::array dgates = empty({d.T, d.B, G}, dt);
+  py::array dx;  // stays a null handle when dx is not wanted
+  if (need_dx) dx = empty({d.T, d.B, d.I}, dt);
+  py::array dh0 = empty({d.B, d.H}, dt);
+  py::array dc0 = empty({d.B, d.H}, dt);
+  py::array dw_ih = empty({G, d.I}, dt);
+  py::array dw_hh = empty({G, d.H}, dt);
+  py::array dbias = empty({G}, dt);
+
+  const lstmcore::LstmGrads<S> grads{
+      need_dx ? mut<S>(dx) : nullptr,
+      mut<S>(dh0), mut<S>(dc0), mut<S>(dw_ih), mut<S>(dw_hh), mut<S>(dbias)};
+  const lstmcore::LstmConstCache<S> cache{
+      static_cast<const S*>(ctx.gates.data()), static_cast<const S*>(ctx.h_all.data()),
+      static_cast<const S*>(ctx.c_all.data()), static_cast<const S*>(ctx.tanh_c.data())};
+  const S* x = static_cast<const S*>(ctx.x.data());
+  const S* w_ih = static_cast<const S*>(ctx.w_ih.data());
+  const S* w_hh = static_cast<const S*>(ctx.w_hh.data());
+  S* dg = mut<S>(dgates);
+  {
+    py::gil_scoped_release nogil;
+    lstmcore::lstm_backward<S>(grads, dg, cache, x, w_ih, w_hh, dy, dh_n, dc_n, d);
+  }
+  py::object dx_out = need_dx ? py::object(dx) : py::object(py::none());
+  return py::make_tuple(dx_out, dh0, dc0, dw_ih, dw_hh, dbias);
+}
+
+py::tuple backward(const ForwardContext& ctx, const py::object& dy, const py::object& dh_n,
+                   const py::object& dc_n, bool need_dx) {
+  if (ctx.dtype.equal(py::dtype::of<float>())) {
+    return backward_impl<float>(ctx, dy, dh_n, dc_n, need_dx);
+  }
+  return backward_impl<double>(ctx, dy, dh_n, dc_n, need_dx);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lstmcore's compiled CPU core (use lstmcore.ops, which converts inputs first)";
+
+  py::class_<ForwardContext>(m, "ForwardContext",
+                             "What lstm_forward keeps for lstm_backward (opaque).")
+      .def_property_readonly("dtype", [](const ForwardContext& c) { return c.dtype; })
+      .def_property_readonly("shape",
+                             [](const ForwardContext& c) {
+                               return py::make_tuple(c.dims.T, c.dims.B, c.dims.I, c.dims.H);
+                             },
+                             "(T, B, I, H)");
+
+  m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("bias"),
+        "forward(x, h0, c0, w_ih, w_hh, bias) -> (y, h_n, c_n, ctx); h0/c0 may be None");
+  m.def("backward", &backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+        py::arg("need_dx") = true,
+        "backward(ctx, dy, dh_n, dc_n, need_dx=True) -> (dx, dh0, dc0, dw_ih, dw_hh, dbias)");
+  m.def("set_num_threads", &lstmcore::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &lstmcore::get_num_threads);
+  m.def("blas_core_name", &lstmcore::blas_core_name);
+}

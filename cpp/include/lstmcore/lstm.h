@@ -1,0 +1,90 @@
+// lstmcore/lstm.h: the public C++ API of the single-layer LSTM core (CPU).
+//
+// Shape legend (row-major, rightmost dimension fastest):
+//   T  time steps            B  batch rows
+//   I  input features        H  hidden units (gates: 4H, blocks i, f, g, o as torch.nn.LSTM)
+//
+//   x      (T, B, I)    input, time-major
+//   w_ih   (4H, I)      input-to-gates weights
+//   w_hh   (4H, H)      hidden-to-gates weights
+//   bias   (4H,)        one bias (torch's b_ih + b_hh folded into one)
+//   h0, c0 (B, H)       initial state; null means zeros
+//   y      (T, B, H)    hidden state of every step
+//
+// Pointers never alias one another unless a comment says so. Every function throws
+// std::invalid_argument for bad sizes and never writes through a const pointer.
+#pragma once
+
+#include <cstdint>
+
+namespace lstmcore {
+
+struct Dims {
+  std::int64_t T = 0, B = 0, I = 0, H = 0;
+};
+
+// Throws std::invalid_argument unless every size is >= 0 and every buffer's element count fits
+// in the 32-bit integers BLAS takes (checked before anything is allocated).
+void check_dims(const Dims& d);
+
+// What forward keeps for backward; the caller owns the memory.
+template <typename S>
+struct LstmCache {
+  S* gates;   // (T, B, 4H) post-activation i, f, g, o
+  S* h_all;   // (T+1, B, H) h0, then h_1..h_T: h_all[1:] is y
+  S* c_all;   // (T+1, B, H) c0, then c_1..c_T
+  S* tanh_c;  // (T, B, H) tanh(c_t): backward never recomputes it
+};
+
+template <typename S>
+struct LstmConstCache {
+  const S* gates;   // (T, B, 4H)
+  const S* h_all;   // (T+1, B, H)
+  const S* c_all;   // (T+1, B, H)
+  const S* tanh_c;  // (T, B, H)
+};
+
+// Runs the LSTM over all T steps and fills `cache`; y is cache.h_all + B*H,
+// h_n is cache.h_all + T*B*H and c_n is cache.c_all + T*B*H.
+template <typename S>
+void lstm_forward(const LstmCache<S>& cache,
+                  const S* x,     // (T, B, I)
+                  const S* h0,    // (B, H) or null
+                  const S* c0,    // (B, H) or null
+                  const S* w_ih,  // (4H, I)
+                  const S* w_hh,  // (4H, H)
+                  const S* bias,  // (4H,)
+                  const Dims& d);
+
+template <typename S>
+struct LstmGrads {
+  S* dx;     // (T, B, I) or null: then the dx GEMM is skipped
+  S* dh0;    // (B, H)
+  S* dc0;    // (B, H)
+  S* dw_ih;  // (4H, I)
+  S* dw_hh;  // (4H, H)
+  S* dbias;  // (4H,)
+};
+
+// Backpropagation through time. `dgates` is scratch of (T, B, 4H) elements; dy, dh_n and dc_n
+// may be null (zeros). Weight gradients are overwritten, not accumulated.
+template <typename S>
+void lstm_backward(const LstmGrads<S>& grads,
+                   S* dgates,  // (T, B, 4H) workspace
+                   const LstmConstCache<S>& cache,
+                   const S* x,     // (T, B, I)
+                   const S* w_ih,  // (4H, I)
+                   const S* w_hh,  // (4H, H)
+                   const S* dy,    // (T, B, H) or null
+                   const S* dh_n,  // (B, H) or null
+                   const S* dc_n,  // (B, H) or null
+                   const Dims& d);
+
+// Threads used by the core: BLAS and its own loops. n >= 1.
+void set_num_threads(int n);
+int get_num_threads();
+
+// Name of the BLAS kernel set chosen at run time (e.g. "SkylakeX", "Haswell").
+const char* blas_core_name();
+
+}  // namespace lstmcore

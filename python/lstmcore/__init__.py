@@ -1,0 +1,48 @@
+"""lstmcore: a small, fast LSTM engine with a C++ core and a NumPy API.
+
+``lstmcore.ops`` holds ``lstm_forward`` / ``lstm_backward``; ``lstmcore.reference`` the plain
+NumPy specification they are tested against.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lstmcore._native import core as _core
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "get_num_threads", "set_num_threads"]
+
+
+def set_num_threads(n: int) -> None:
+    """Sets how many threads the core uses (its BLAS and its own loops); ``n >= 1``."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads the core uses."""
+    return int(_core.get_num_threads())
+
+
+def _default_threads() -> int:
+    """All cores this process may run on, unless LSTMCORE_NUM_THREADS says otherwise."""
+    env = os.environ.get("LSTMCORE_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"LSTMCORE_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+set_num_threads(_default_threads())
