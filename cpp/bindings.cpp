@@ -52,8 +52,8 @@ std::string describe(const py::handle& obj) {
 // Checks one array argument against the exact dtype and shape; returns it.
 py::array require(const py::handle& obj, const char* name, const Shape& shape,
                   const py::dtype& dt) {
-  const std::string expected = shape_str(shape) + " " + dtype_str(dt);
-  if (!py::isinstance<py::array>(obj)) fail(name, "a numpy array " + expected, obj);
+  const std::string expected = "shape " + shape_str(shape) + " " + dtype_str(dt);
+  if (!py::isinstance<py::array>(obj)) fail(name, "a numpy array", obj);
   auto a = py::reinterpret_borrow<py::array>(obj);
   if (!a.dtype().is(dt) && !a.dtype().equal(dt)) fail(name, expected, obj);
   if (shape_of(a) != shape) fail(name, expected, obj);

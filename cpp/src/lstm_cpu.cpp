@@ -4,6 +4,12 @@
 // accumulated into that step's gate rows and one fused pass of cell math.
 // backward: per step (in reverse) one fused pass and one GEMM for dh_prev; after the loop one
 // GEMM each for dW_ih, dW_hh and dx over all T*B rows, and db as a sequential column sum.
+//
+// Threads: batch row b of every step depends only on row b of the step before (forward and
+// backward alike), so each thread takes a contiguous block of batch rows through the whole
+// recurrence with no synchronisation; the weight gradients are split by their output rows.
+// BLAS itself runs single-threaded inside each block. Each output element is computed by the
+// same sequence of operations whatever the thread count, up to the BLAS kernel's own blocking.
 #include "lstmcore/lstm.h"
 
 #include <algorithm>
@@ -12,7 +18,9 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <exception>
 #include <thread>
+#include <vector>
 
 #include "blas.h"
 #include "lstmcore/cell.h"
@@ -41,7 +49,8 @@ void copy_or_zero(S* dst, const S* src, std::int64_t n) {
 
 // one step of forward cell math: gates_t holds pre-activations on entry, post-activations on exit
 template <typename S>
-void forward_cells(S* gates_t, const S* c_prev, S* c_next, S* tanh_c, S* h_next, std::int64_t B,
+void forward_cells(S* __restrict__ gates_t, const S* __restrict__ c_prev, S* __restrict__ c_next,
+                   S* __restrict__ tanh_c, S* __restrict__ h_next, std::int64_t B,
                    std::int64_t H) {
   const std::int64_t G = 4 * H;
   for (std::int64_t b = 0; b < B; ++b) {
@@ -63,20 +72,21 @@ void forward_cells(S* gates_t, const S* c_prev, S* c_next, S* tanh_c, S* h_next,
   }
 }
 
-// one step of backward cell math; dh holds the gradient from step t+1 (dy_t is added here),
+// one step of backward cell math; dh holds the whole gradient reaching h_t (dy_t included),
 // dc holds dc_t on entry and dc_{t-1} on exit
 template <typename S>
-void backward_cells(S* dgates_t, const S* gates_t, const S* c_prev, const S* tanh_c,
-                    const S* dy_t, const S* dh, S* dc, std::int64_t B, std::int64_t H) {
+void backward_cells(S* __restrict__ dgates_t, const S* __restrict__ gates_t,
+                    const S* __restrict__ c_prev, const S* __restrict__ tanh_c,
+                    const S* __restrict__ dh, S* __restrict__ dc, std::int64_t B,
+                    std::int64_t H) {
   const std::int64_t G = 4 * H;
   for (std::int64_t b = 0; b < B; ++b) {
     const S* gi = gates_t + b * G;
     S* di = dgates_t + b * G;
     const std::int64_t r = b * H;
     for (std::int64_t j = 0; j < H; ++j) {
-      const S dh_total = dh[r + j] + (dy_t != nullptr ? dy_t[r + j] : S(0));
       const CellGrad<S> d = cell_backward(gi[j], gi[H + j], gi[2 * H + j], gi[3 * H + j],
-                                          c_prev[r + j], tanh_c[r + j], dh_total, dc[r + j]);
+                                          c_prev[r + j], tanh_c[r + j], dh[r + j], dc[r + j]);
       di[j] = d.d_pre_i;
       di[H + j] = d.d_pre_f;
       di[2 * H + j] = d.d_pre_g;
@@ -92,6 +102,36 @@ int default_threads() {
   unsigned hc = std::thread::hardware_concurrency();
   return hc == 0 ? 1 : static_cast<int>(hc);
 }
+
+// Calls fn(begin, end) on contiguous blocks of [0, n), at most one block per thread and none
+// smaller than min_block; the calling thread takes the first block. Exceptions are rethrown.
+template <typename Fn>
+void parallel_blocks(std::int64_t n, std::int64_t min_block, const Fn& fn) {
+  const std::int64_t most = std::max<std::int64_t>(1, n / std::max<std::int64_t>(1, min_block));
+  const std::int64_t parts = std::min<std::int64_t>(get_num_threads(), most);
+  if (parts <= 1) {
+    fn(std::int64_t{0}, n);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(parts));
+  auto run = [&](std::int64_t k) {
+    try {
+      fn(n * k / parts, n * (k + 1) / parts);
+    } catch (...) {
+      errors[static_cast<std::size_t>(k)] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> workers;
+  workers.reserve(static_cast<std::size_t>(parts - 1));
+  for (std::int64_t k = 1; k < parts; ++k) workers.emplace_back(run, k);
+  run(0);
+  for (auto& w : workers) w.join();
+  for (auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
+constexpr std::int64_t kMinRows = 8;  // below this a thread costs more than it saves
 
 }  // namespace
 
@@ -114,23 +154,24 @@ template <typename S>
 void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c0, const S* w_ih,
                   const S* w_hh, const S* bias, const Dims& d) {
   check_dims(d);
-  const std::int64_t B = d.B, H = d.H, G = 4 * H, TB = d.T * d.B, BH = d.B * d.H;
-
-  // input projection of all steps at once: gates (TB, G) = bias + x (TB, I) w_ih^T
-  for (std::int64_t r = 0; r < TB; ++r) {
-    std::copy(bias, bias + G, cache.gates + r * G);
-  }
-  blas::gemm<S>(false, true, TB, G, d.I, S(1), x, d.I, w_ih, d.I, S(1), cache.gates, G);
+  const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
 
   copy_or_zero(cache.h_all, h0, BH);
   copy_or_zero(cache.c_all, c0, BH);
-  for (std::int64_t t = 0; t < d.T; ++t) {
-    S* gates_t = cache.gates + t * B * G;
-    const S* h_prev = cache.h_all + t * BH;
-    blas::gemm<S>(false, true, B, G, H, S(1), h_prev, H, w_hh, H, S(1), gates_t, G);
-    forward_cells(gates_t, cache.c_all + t * BH, cache.c_all + (t + 1) * BH,
-                  cache.tanh_c + t * BH, cache.h_all + (t + 1) * BH, B, H);
-  }
+  parallel_blocks(B, kMinRows, [&](std::int64_t b0, std::int64_t b1) {
+    const std::int64_t nb = b1 - b0;
+    for (std::int64_t t = 0; t < d.T; ++t) {
+      const std::int64_t row = t * B + b0;  // first row of this block at step t
+      S* gates_t = cache.gates + row * G;   // (nb, G)
+      for (std::int64_t r = 0; r < nb; ++r) std::copy(bias, bias + G, gates_t + r * G);
+      blas::gemm<S>(false, true, nb, G, d.I, S(1), x + row * d.I, d.I, w_ih, d.I, S(1),
+                    gates_t, G);
+      const S* h_prev = cache.h_all + row * H;
+      blas::gemm<S>(false, true, nb, G, H, S(1), h_prev, H, w_hh, H, S(1), gates_t, G);
+      forward_cells(gates_t, cache.c_all + row * H, cache.c_all + (row + B) * H,
+                    cache.tanh_c + row * H, cache.h_all + (row + B) * H, nb, H);
+    }
+  });
 }
 
 template <typename S>
@@ -141,36 +182,54 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
   const std::int64_t B = d.B, H = d.H, G = 4 * H, TB = d.T * d.B, BH = d.B * d.H;
 
   // grads.dh0 / grads.dc0 double as the running dh_t / dc_t of the reverse loop
-  S* dh = grads.dh0;
-  S* dc = grads.dc0;
-  copy_or_zero(dh, dh_n, BH);
-  copy_or_zero(dc, dc_n, BH);
-  for (std::int64_t t = d.T - 1; t >= 0; --t) {
-    S* dgates_t = dgates + t * B * G;
-    backward_cells(dgates_t, cache.gates + t * B * G, cache.c_all + t * BH,
-                   cache.tanh_c + t * BH, dy != nullptr ? dy + t * BH : nullptr, dh, dc, B, H);
-    // dh_{t-1} = dgates_t (B, G) w_hh (G, H)
-    blas::gemm<S>(false, false, B, H, G, S(1), dgates_t, G, w_hh, H, S(0), dh, H);
-  }
+  copy_or_zero(grads.dh0, dh_n, BH);
+  copy_or_zero(grads.dc0, dc_n, BH);
+  parallel_blocks(B, kMinRows, [&](std::int64_t b0, std::int64_t b1) {
+    const std::int64_t nb = b1 - b0;
+    S* dh = grads.dh0 + b0 * H;
+    S* dc = grads.dc0 + b0 * H;
+    for (std::int64_t t = d.T - 1; t >= 0; --t) {
+      const std::int64_t row = t * B + b0;
+      S* dgates_t = dgates + row * G;  // (nb, G)
+      if (dy != nullptr) {
+        const S* dy_t = dy + row * H;
+        for (std::int64_t k = 0; k < nb * H; ++k) dh[k] += dy_t[k];
+      }
+      backward_cells(dgates_t, cache.gates + row * G, cache.c_all + row * H,
+                     cache.tanh_c + row * H, dh, dc, nb, H);
+      // dh_{t-1} = dgates_t (nb, G) w_hh (G, H)
+      blas::gemm<S>(false, false, nb, H, G, S(1), dgates_t, G, w_hh, H, S(0), dh, H);
+    }
+  });
 
-  // weight gradients over all T*B rows at once
-  blas::gemm<S>(true, false, G, d.I, TB, S(1), dgates, G, x, d.I, S(0), grads.dw_ih, d.I);
-  blas::gemm<S>(true, false, G, H, TB, S(1), dgates, G, cache.h_all, H, S(0), grads.dw_hh, H);
+  // weight gradients over all T*B rows at once, split by the gradients' rows (gate units)
+  parallel_blocks(G, kMinRows, [&](std::int64_t g0, std::int64_t g1) {
+    const std::int64_t ng = g1 - g0;
+    blas::gemm<S>(true, false, ng, d.I, TB, S(1), dgates + g0, G, x, d.I, S(0),
+                  grads.dw_ih + g0 * d.I, d.I);
+    blas::gemm<S>(true, false, ng, H, TB, S(1), dgates + g0, G, cache.h_all, H, S(0),
+                  grads.dw_hh + g0 * H, H);
+    // db: rows summed in order, so the result never depends on the thread count
+    S* db = grads.dbias;
+    std::fill(db + g0, db + g1, S(0));
+    for (std::int64_t r = 0; r < TB; ++r) {
+      const S* row = dgates + r * G;
+      for (std::int64_t k = g0; k < g1; ++k) db[k] += row[k];
+    }
+  });
   if (grads.dx != nullptr) {
-    blas::gemm<S>(false, false, TB, d.I, G, S(1), dgates, G, w_ih, d.I, S(0), grads.dx, d.I);
-  }
-  // db: rows summed in order, so the result never depends on the thread count
-  std::fill(grads.dbias, grads.dbias + G, S(0));
-  for (std::int64_t r = 0; r < TB; ++r) {
-    const S* row = dgates + r * G;
-    for (std::int64_t k = 0; k < G; ++k) grads.dbias[k] += row[k];
+    parallel_blocks(TB, kMinRows, [&](std::int64_t r0, std::int64_t r1) {
+      blas::gemm<S>(false, false, r1 - r0, d.I, G, S(1), dgates + r0 * G, G, w_ih, d.I, S(0),
+                    grads.dx + r0 * d.I, d.I);
+    });
   }
 }
 
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
   g_threads.store(n);
-  blas::set_threads(n);
+  // BLAS runs single-threaded inside each of our blocks; its own pool would fight ours
+  blas::set_threads(1);
 }
 
 int get_num_threads() {

@@ -115,19 +115,23 @@ def lstm_backward(
     dc_n: NDArray[Any] | None,
     *,
     need_dx: bool = True,
-) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any],
-           NDArray[Any]]:
+) -> tuple[
+    NDArray[Any] | None, NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]
+]:
     """Backpropagation through time; returns ``(dx, dh0, dc0, dw_ih, dw_hh, dbias)``.
 
     dy/dh_n/dc_n of None mean zeros. With ``need_dx=False`` dx is None and its GEMM is skipped.
     """
     if not isinstance(ctx, LstmContext):
-        raise ValueError(f"ctx: expected the LstmContext from lstm_forward, got {type(ctx).__name__}")
+        kind = type(ctx).__name__
+        raise ValueError(f"ctx: expected the LstmContext from lstm_forward, got {kind}")
     grads = {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}
     if any(g is not None for g in grads.values()):
         dtype = _common_dtype(grads)
         if dtype != ctx.dtype:
-            raise ValueError(f"gradients: dtype {dtype} differs from the forward pass's {ctx.dtype}")
+            raise ValueError(
+                f"gradients: dtype {dtype} differs from the forward pass's {ctx.dtype}"
+            )
     arrays = {name: _contiguous(value) for name, value in grads.items()}
     backend = _core if ctx.device == "cpu" else _cuda_module()
     return backend.backward(ctx.native, need_dx=need_dx, **arrays)

@@ -87,7 +87,7 @@ def lstm_backward(
     dc_n: ArrayLike | None,
 ) -> tuple[F64, F64, F64, F64, F64, F64]:
     """Returns ``(dx, dh0, dc0, dw_ih, dw_hh, dbias)``; None gradients mean zeros."""
-    steps, batch, _ = ctx.x.shape
+    steps, batch, inp = ctx.x.shape
     hidden = ctx.w_hh.shape[1]
     dy = _f64(dy, (steps, batch, hidden))
     dh = _f64(dh_n, (batch, hidden)).copy()  # gradient reaching h_t from later steps
@@ -110,7 +110,7 @@ def lstm_backward(
         dc = dc_t * f
         dh = da[t] @ ctx.w_hh
     rows = da.reshape(steps * batch, 4 * hidden)
-    dw_ih = rows.T @ ctx.x.reshape(steps * batch, -1)
+    dw_ih = rows.T @ ctx.x.reshape(steps * batch, inp)
     dw_hh = rows.T @ ctx.h[:steps].reshape(steps * batch, hidden)
     dbias = rows.sum(axis=0)
     dx = da @ ctx.w_ih

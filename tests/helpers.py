@@ -1,0 +1,75 @@
+"""Shared helpers for the tests: seeded random LSTM problems and the error measure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[Any]
+
+
+def rel_err(a: Array, b: Array) -> float:
+    """``norm(a - b) / norm(b)``, the error measure the project's tolerances are stated in."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    denom = np.linalg.norm(b)
+    num = np.linalg.norm(a - b)
+    if denom == 0.0:
+        return float(num)
+    return float(num / denom)
+
+
+@dataclass
+class Problem:
+    """One random LSTM problem: inputs, weights and upstream gradients."""
+
+    x: Array
+    h0: Array
+    c0: Array
+    w_ih: Array
+    w_hh: Array
+    bias: Array
+    dy: Array
+    dh_n: Array
+    dc_n: Array
+
+    def inputs(self) -> tuple[Array, Array, Array, Array, Array, Array]:
+        return self.x, self.h0, self.c0, self.w_ih, self.w_hh, self.bias
+
+    def grads(self) -> tuple[Array, Array, Array]:
+        return self.dy, self.dh_n, self.dc_n
+
+
+def make_problem(
+    rng: np.random.Generator,
+    steps: int,
+    batch: int,
+    inp: int,
+    hidden: int,
+    dtype: Any = np.float64,
+    scale: float = 1.0,
+) -> Problem:
+    """Weights uniform in +-1/sqrt(H) as torch.nn.LSTM initialises them (times ``scale``)."""
+    bound = scale / np.sqrt(max(hidden, 1))
+
+    def normal(*shape: int) -> Array:
+        return rng.standard_normal(shape).astype(dtype)
+
+    def uniform(*shape: int) -> Array:
+        return rng.uniform(-bound, bound, shape).astype(dtype)
+
+    return Problem(
+        x=normal(steps, batch, inp),
+        h0=normal(batch, hidden) * dtype(0.5),
+        c0=normal(batch, hidden) * dtype(0.5),
+        w_ih=uniform(4 * hidden, inp),
+        w_hh=uniform(4 * hidden, hidden),
+        bias=uniform(4 * hidden),
+        dy=normal(steps, batch, hidden),
+        dh_n=normal(batch, hidden),
+        dc_n=normal(batch, hidden),
+    )
