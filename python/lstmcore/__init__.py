@@ -11,7 +11,14 @@ import os
 from lstmcore._native import core as _core
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "get_num_threads", "set_num_threads"]
+__all__ = ["__version__", "cuda_available", "get_num_threads", "set_num_threads"]
+
+
+def cuda_available() -> tuple[bool, str]:
+    """(True, device name) when the CUDA path can run here, else (False, why not)."""
+    from lstmcore import cuda
+
+    return cuda.available()
 
 
 def set_num_threads(n: int) -> None:

@@ -1,0 +1,304 @@
+"""MNIST-format data: an IDX reader, the bundled MNIST files, and a verified downloader.
+
+Every failure to read a file raises :class:`DataError` (a ValueError) naming the file and what
+is wrong with it; nothing is ever half-loaded. Sizes declared in a header are never trusted for
+allocation: data is read in bounded chunks and compared with the declared size.
+
+Pixels are returned as float32 in [0, 1] (``uint8 / 255``); no further normalisation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import shutil
+import tempfile
+import urllib.request
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "MIRRORS",
+    "MNIST_FILES",
+    "DataError",
+    "MnistData",
+    "bundled_dir",
+    "default_cache_dir",
+    "download",
+    "load_mnist",
+    "read_idx",
+]
+
+
+class DataError(ValueError):
+    """A data file is missing, truncated, corrupt or inconsistent. The message names the file."""
+
+
+# The four standard file names and the SHA-256 of their uncompressed bytes (the published
+# MNIST; the bundled .gz files hold exactly these bytes).
+MNIST_FILES: dict[str, str] = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+# Where --download looks, in order; each serves the four names with ".gz" appended.
+MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+_IDX_TYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+
+
+def bundled_dir() -> Path:
+    """The MNIST files shipped inside the package."""
+    return Path(__file__).parent / "datasets" / "mnist"
+
+
+def default_cache_dir() -> Path:
+    """``$LSTMCORE_DATA``, else ``~/.cache/lstmcore``."""
+    env = os.environ.get("LSTMCORE_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "lstmcore"
+
+
+def _open(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed when it starts with the gzip magic."""
+    with open(path, "rb") as probe:
+        compressed = probe.read(2) == _GZIP_MAGIC
+    if compressed:
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def _read_exact(stream: BinaryIO, size: int, path: Path, what: str) -> bytes:
+    """Reads exactly ``size`` bytes in bounded chunks (memory grows only with real data)."""
+    parts: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        chunk = stream.read(min(remaining, _CHUNK))
+        if not chunk:
+            got = size - remaining
+            raise DataError(f"{path}: truncated {what}: expected {size} bytes, found {got}")
+        parts.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(parts)
+
+
+def read_idx(path: str | os.PathLike[str], expect_dims: int | None = None) -> NDArray[Any]:
+    """Reads one IDX file (gzip-compressed or raw) into an array of its declared type and shape.
+
+    Raises DataError for a missing or unreadable file, a bad gzip stream, a wrong magic, an
+    unknown type code, too few or too many data bytes, or (with ``expect_dims``) another
+    number of dimensions.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with _open(path) as stream:
+            header = _read_exact(stream, 4, path, "header")
+            if header[0] != 0 or header[1] != 0:
+                raise DataError(f"{path}: not an IDX file (magic {header.hex()})")
+            type_code, ndim = header[2], header[3]
+            if type_code not in _IDX_TYPES:
+                raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}")
+            if expect_dims is not None and ndim != expect_dims:
+                raise DataError(f"{path}: expected {expect_dims} dimensions, header says {ndim}")
+            shape = tuple(
+                int(v) for v in np.frombuffer(_read_exact(stream, 4 * ndim, path, "header"), ">u4")
+            )
+            dtype = _IDX_TYPES[type_code]
+            count = 1
+            for n in shape:
+                count *= n
+            data = _read_exact(stream, count * dtype.itemsize, path, "data")
+            if stream.read(1):
+                raise DataError(f"{path}: more data than the header's shape {shape} declares")
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read: {err}") from err
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+@dataclass(frozen=True)
+class MnistData:
+    """Images as float32 in [0, 1], shape (N, rows, cols); labels as int64, shape (N,)."""
+
+    train_images: NDArray[np.float32]
+    train_labels: NDArray[np.int64]
+    test_images: NDArray[np.float32]
+    test_labels: NDArray[np.int64]
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.train_labels.max(initial=0), self.test_labels.max(initial=0))) + 1
+
+
+def _find(directory: Path, name: str) -> Path:
+    for candidate in (directory / f"{name}.gz", directory / name):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{directory / name}[.gz]: file not found")
+
+
+def _sha256_of_contents(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with _open(path) as stream:
+            while chunk := stream.read(_CHUNK):
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: cannot read: {err}") from err
+    return digest.hexdigest()
+
+
+def _verify(path: Path, expected: str) -> None:
+    actual = _sha256_of_contents(path)
+    if actual != expected:
+        raise DataError(f"{path}: checksum mismatch (SHA-256 {actual}, expected {expected})")
+
+
+def _load_pair(
+    directory: Path, images_name: str, labels_name: str, checksums: Mapping[str, str] | None
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    images_path = _find(directory, images_name)
+    labels_path = _find(directory, labels_name)
+    if checksums is not None:
+        _verify(images_path, checksums[images_name])
+        _verify(labels_path, checksums[labels_name])
+    images = read_idx(images_path, expect_dims=3)
+    labels = read_idx(labels_path, expect_dims=1)
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise DataError(f"{images_path}: expected unsigned-byte images and labels")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} images in {images_path}"
+        )
+    return (images.astype(np.float32) / np.float32(255.0)), labels.astype(np.int64)
+
+
+def load_mnist(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download_missing: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    mirrors: Sequence[str] = MIRRORS,
+) -> MnistData:
+    """Loads the four standard files.
+
+    With no ``data_dir``: the bundled MNIST, checked against its SHA-256 sums. With a
+    ``data_dir``: the four standard names (``.gz`` or raw) from there, any MNIST-format data set
+    (Fashion-MNIST uses the same names); when they are missing and ``download_missing`` is set,
+    they are fetched into ``cache_dir`` (default: :func:`default_cache_dir`) and verified.
+    """
+    checksums: Mapping[str, str] | None = None
+    if data_dir is None:
+        directory, checksums = bundled_dir(), MNIST_FILES
+    else:
+        directory = Path(data_dir)
+        missing = [
+            n for n in MNIST_FILES if not any((directory / f).is_file() for f in (n, f"{n}.gz"))
+        ]
+        if missing and download_missing:
+            directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+            download(directory, mirrors=mirrors)
+            checksums = MNIST_FILES
+    train = _load_pair(directory, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", checksums)
+    test = _load_pair(directory, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", checksums)
+    if train[0].shape[1:] != test[0].shape[1:]:
+        raise DataError(
+            f"{directory}: training images {train[0].shape[1:]} and test images "
+            f"{test[0].shape[1:]} differ in size"
+        )
+    return MnistData(train[0], train[1], test[0], test[1])
+
+
+def _fetch(url: str, target: Path, expected: str, timeout: float) -> None:
+    """Streams ``url`` to a temporary file beside ``target``, checks it, then renames it."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out, _CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        _verify(tmp, expected)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def download(
+    cache_dir: str | os.PathLike[str],
+    *,
+    mirrors: Sequence[str] = MIRRORS,
+    files: Mapping[str, str] = MNIST_FILES,
+    timeout: float = 30.0,
+    log: Any = None,
+) -> Path:
+    """Fetches each missing file (``NAME.gz``) into ``cache_dir``, trying mirrors in order.
+
+    A file is written only under its standard name, only after its SHA-256 matched, and
+    atomically (temporary file, fsync, rename); nothing from the server names a file. Raises
+    DataError when every mirror failed for some file.
+    """
+    directory = Path(cache_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, expected in files.items():
+        target = directory / f"{name}.gz"
+        if target.is_file():
+            try:
+                _verify(target, expected)
+                continue
+            except DataError:
+                target.unlink()
+        errors: list[str] = []
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + "/" + f"{name}.gz"
+            try:
+                _fetch(url, target, expected, timeout)
+                break
+            except (DataError, OSError, http.client.HTTPException) as err:
+                errors.append(f"{url}: {err}")
+                if log is not None:
+                    log(f"download failed, trying the next mirror: {url}: {err}")
+        else:
+            raise DataError(f"{target}: every mirror failed: " + "; ".join(errors))
+    return directory
+
+
+def split_validation(
+    images: NDArray[np.float32], labels: NDArray[np.int64], size: int
+) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]:
+    """The last ``size`` training examples become the validation set."""
+    if not 0 <= size < len(images):
+        raise ValueError(f"validation size must be in [0, {len(images)}), got {size}")
+    cut = len(images) - size
+    return images[:cut], labels[:cut], images[cut:], labels[cut:]
+
+
+def batches(n: int, batch_size: int, order: Iterable[int] | None = None) -> list[NDArray[np.int64]]:
+    """Index batches covering ``range(n)`` in ``order``; the last batch may be smaller."""
+    idx = np.arange(n) if order is None else np.asarray(list(order), dtype=np.int64)
+    return [idx[k : k + batch_size] for k in range(0, n, batch_size)]

@@ -1,0 +1,192 @@
+"""The optimizers step by step against a NumPy transcription of PyTorch's documented rules."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lstmcore import optim
+
+STEPS = 6
+
+
+def param_set(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+
+
+def grad_seq(rng: np.random.Generator, params: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    return [{k: rng.standard_normal(v.shape) for k, v in params.items()} for _ in range(STEPS)]
+
+
+def torch_sgd(
+    p: np.ndarray,
+    grads: list[np.ndarray],
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    wd: float,
+) -> np.ndarray:
+    """torch.optim.SGD's algorithm, as its documentation states it."""
+    p = p.copy()
+    b = None
+    for t, g in enumerate(grads, start=1):
+        if wd != 0:
+            g = g + wd * p
+        if momentum != 0:
+            b = g.copy() if t == 1 else momentum * b + (1 - dampening) * g
+            g = g + momentum * b if nesterov else b
+        p = p - lr * g
+    return p
+
+
+def torch_adam(
+    p: np.ndarray,
+    grads: list[np.ndarray],
+    lr: float,
+    b1: float,
+    b2: float,
+    eps: float,
+    wd: float,
+    decoupled: bool,
+) -> np.ndarray:
+    """torch.optim.Adam / AdamW (amsgrad off), as their documentation states them."""
+    p = p.copy()
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        if wd != 0:
+            if decoupled:
+                p = p - lr * wd * p
+            else:
+                g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("momentum", "dampening", "nesterov", "wd"),
+    [
+        (0.0, 0.0, False, 0.0),
+        (0.9, 0.0, False, 0.0),
+        (0.9, 0.3, False, 1e-2),
+        (0.8, 0.0, True, 0.0),
+        (0.8, 0.0, True, 5e-3),
+        (0.0, 0.0, False, 1e-1),
+    ],
+)
+def test_sgd_matches_torch_rules(
+    rng: np.random.Generator, momentum: float, dampening: float, nesterov: bool, wd: float
+) -> None:
+    params = param_set(rng)
+    start = {k: v.copy() for k, v in params.items()}
+    grads = grad_seq(rng, params)
+    opt = optim.SGD(
+        params, lr=0.05, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=wd
+    )
+    for g in grads:
+        opt.step({k: v.copy() for k, v in g.items()})
+    for name in params:
+        want = torch_sgd(
+            start[name], [g[name] for g in grads], 0.05, momentum, dampening, nesterov, wd
+        )
+        np.testing.assert_allclose(params[name], want, rtol=1e-12, atol=1e-14)
+        assert not np.allclose(params[name], start[name])
+
+
+@pytest.mark.parametrize(
+    ("betas", "eps", "wd", "decoupled"),
+    [
+        ((0.9, 0.999), 1e-8, 0.0, False),
+        ((0.8, 0.99), 1e-6, 1e-2, False),
+        ((0.9, 0.999), 1e-8, 1e-2, True),
+        ((0.5, 0.9), 1e-3, 0.1, True),
+    ],
+)
+def test_adam_matches_torch_rules(
+    rng: np.random.Generator, betas: tuple[float, float], eps: float, wd: float, decoupled: bool
+) -> None:
+    params = param_set(rng)
+    start = {k: v.copy() for k, v in params.items()}
+    grads = grad_seq(rng, params)
+    opt = optim.Adam(params, lr=1e-2, betas=betas, eps=eps, weight_decay=wd, decoupled=decoupled)
+    for g in grads:
+        opt.step(g)
+    assert int(opt.state["step"]) == STEPS
+    for name in params:
+        want = torch_adam(start[name], [g[name] for g in grads], 1e-2, *betas, eps, wd, decoupled)
+        np.testing.assert_allclose(params[name], want, rtol=1e-12, atol=1e-14)
+
+
+def test_optimizer_state_round_trips_and_is_checked(rng: np.random.Generator) -> None:
+    params = param_set(rng)
+    opt = optim.Adam(params, lr=1e-2)
+    grads = grad_seq(rng, params)
+    for g in grads[:3]:
+        opt.step(g)
+    saved, snapshot = opt.state_dict(), {k: v.copy() for k, v in params.items()}
+    for g in grads[3:]:
+        opt.step(g)
+    after = {k: v.copy() for k, v in params.items()}
+    for k in params:
+        params[k][...] = snapshot[k]
+    other = optim.Adam(params, lr=1e-2)
+    other.load_state_dict(saved)
+    for g in grads[3:]:
+        other.step(g)
+    for k in params:
+        np.testing.assert_array_equal(params[k], after[k])
+    bad = dict(saved)
+    bad["exp_avg:a"] = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="exp_avg:a"):
+        other.load_state_dict(bad)
+    with pytest.raises(ValueError, match="missing 'step'"):
+        other.load_state_dict({k: v for k, v in saved.items() if k != "step"})
+
+
+def test_clip_grad_norm_matches_torch_rule(rng: np.random.Generator) -> None:
+    grads = {"a": rng.standard_normal((4, 4)) * 3, "b": rng.standard_normal(7) * 3}
+    original = {k: v.copy() for k, v in grads.items()}
+    norm = math.sqrt(sum(float((v**2).sum()) for v in original.values()))
+    assert optim.clip_grad_norm(grads, 1.0) == pytest.approx(norm, rel=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], original[k] * (1.0 / (norm + 1e-6)), rtol=1e-12)
+    small = {k: v / (10 * norm) for k, v in original.items()}
+    kept = {k: v.copy() for k, v in small.items()}
+    optim.clip_grad_norm(small, 1.0)
+    for k in small:
+        np.testing.assert_array_equal(small[k], kept[k])
+
+
+def test_schedules() -> None:
+    assert optim.lr_at("constant", 0.1, 50, 100) == 0.1
+    assert optim.lr_at("cosine", 0.1, 0, 100) == pytest.approx(0.1)
+    assert optim.lr_at("cosine", 0.1, 50, 100) == pytest.approx(0.05)
+    assert optim.lr_at("cosine", 0.1, 100, 100) == pytest.approx(0.0, abs=1e-15)
+    assert optim.lr_at("cosine", 0.1, 25, 100, min_lr=0.02) == pytest.approx(
+        0.02 + 0.08 * 0.5 * (1 + math.cos(math.pi / 4))
+    )
+    assert optim.lr_at("step", 0.1, 9, 100, step_size=10) == 0.1
+    assert optim.lr_at("step", 0.1, 10, 100, step_size=10) == pytest.approx(0.01)
+    assert optim.lr_at("step", 0.1, 25, 100, step_size=10) == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        optim.lr_at("linear", 0.1, 0, 10)
+
+
+def test_bad_hyperparameters_are_rejected() -> None:
+    params = {"a": np.zeros(3)}
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        optim.SGD(params, lr=-1.0)
+    with pytest.raises(ValueError, match="Nesterov"):
+        optim.SGD(params, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        optim.Adam(params, betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match="missing"):
+        optim.SGD(params, lr=0.1).step({})
