@@ -7,6 +7,7 @@ that library first (globally) also covers installs where the relative path does 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 from types import ModuleType
 
@@ -23,9 +24,7 @@ def _preload_openblas() -> None:
 
 def load_core() -> ModuleType:
     _preload_openblas()
-    from lstmcore import _core
-
-    return _core
+    return importlib.import_module("lstmcore._core")
 
 
 core = load_core()

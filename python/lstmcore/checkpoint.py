@@ -47,7 +47,7 @@ def save(
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
-            np.savez(out, **arrays)
+            np.savez(out, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp_name, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 __all__ = ["available", "require"]
@@ -15,7 +16,7 @@ def _load() -> tuple[ModuleType | None, str | None]:
     if _module is not None or _reason is not None:
         return _module, _reason
     try:
-        from lstmcore import _cuda
+        _cuda = importlib.import_module("lstmcore._cuda")
     except ImportError as err:
         _reason = (
             "lstmcore was built without CUDA (reinstall with LSTMCORE_CUDA=ON on a "

@@ -22,7 +22,9 @@ def load_model(path: str) -> SequenceClassifier:
     if not isinstance(shape, dict) or set(shape) != {"input_size", "hidden_size", "num_classes"}:
         raise checkpoint.CheckpointError(f"{path}: no model description in its metadata")
     try:
-        model = SequenceClassifier(**{k: int(v) for k, v in shape.items()})
+        model = SequenceClassifier(
+            int(shape["input_size"]), int(shape["hidden_size"]), int(shape["num_classes"])
+        )
     except (TypeError, ValueError) as err:
         raise checkpoint.CheckpointError(f"{path}: bad model description: {err}") from err
     checkpoint.validate_params(path, params, model.params)

@@ -113,7 +113,8 @@ class Linear:
 
     def forward(self, x: Array) -> Array:
         self._x = x
-        return x @ self.params["weight"].T + self.params["bias"]
+        out: Array = x @ self.params["weight"].T + self.params["bias"]
+        return out
 
     def backward(self, dy: Array) -> Array:
         if self._x is None:
@@ -137,7 +138,7 @@ def softmax_cross_entropy(logits: Array, labels: NDArray[np.integer[Any]]) -> tu
     grad = np.exp(log_probs)
     grad[np.arange(n), labels] -= 1.0
     grad /= max(n, 1)
-    return loss, grad.astype(logits.dtype, copy=False)
+    return loss, np.asarray(grad, dtype=logits.dtype)
 
 
 class SequenceClassifier:

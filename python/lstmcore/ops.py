@@ -134,4 +134,6 @@ def lstm_backward(
             )
     arrays = {name: _contiguous(value) for name, value in grads.items()}
     backend = _core if ctx.device == "cpu" else _cuda_module()
-    return backend.backward(ctx.native, need_dx=need_dx, **arrays)
+    grads_out: tuple[Any, ...] = backend.backward(ctx.native, need_dx=need_dx, **arrays)
+    dx, dh0, dc0, dw_ih, dw_hh, dbias = grads_out
+    return dx, dh0, dc0, dw_ih, dw_hh, dbias
