@@ -234,4 +234,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &lstmcore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &lstmcore::get_num_threads);
   m.def("blas_core_name", &lstmcore::blas_core_name);
+  m.def(
+      "time_sgemm",
+      [](int n, int repeats) {
+        py::gil_scoped_release nogil;
+        return lstmcore::time_sgemm(n, repeats);
+      },
+      py::arg("n") = 2048, py::arg("repeats") = 5,
+      "seconds for one float32 (n, n) GEMM through the core's BLAS (median)");
 }

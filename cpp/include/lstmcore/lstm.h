@@ -88,3 +88,11 @@ int get_num_threads();
 const char* blas_core_name();
 
 }  // namespace lstmcore
+
+namespace lstmcore {
+
+// Seconds one float32 (n, n) x (n, n) GEMM takes through the core's BLAS (median of `repeats`
+// after one warm-up, using the core's thread count): the benchmark's ceiling measurement.
+double time_sgemm(int n, int repeats);
+
+}  // namespace lstmcore
