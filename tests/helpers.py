@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,3 +74,19 @@ def make_problem(
         dh_n=normal(batch, hidden),
         dc_n=normal(batch, hidden),
     )
+
+
+def numeric_grad(f: Callable[[], float], arr: Array, eps: float = 1e-6) -> Array:
+    """Central finite differences of ``f()`` w.r.t. every element of ``arr`` (changed in place
+    and restored)."""
+    grad = np.zeros_like(arr)
+    flat, out = arr.reshape(-1), grad.reshape(-1)
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + eps
+        up = f()
+        flat[k] = old - eps
+        down = f()
+        flat[k] = old
+        out[k] = (up - down) / (2 * eps)
+    return grad

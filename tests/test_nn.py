@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import rel_err
+from helpers import numeric_grad, rel_err
 from lstmcore import reference as ref
 from lstmcore.nn import LSTM, SequenceClassifier, softmax_cross_entropy
-
-EPS = 1e-6
 
 
 def test_softmax_cross_entropy_is_stable_and_correct(rng: np.random.Generator) -> None:
@@ -45,16 +43,7 @@ def test_classifier_gradients_match_finite_differences(rng: np.random.Generator)
         return softmax_cross_entropy(model.logits(images), labels)[0]
 
     for name, p in model.params.items():
-        numeric = np.zeros_like(p)
-        flat, out = p.reshape(-1), numeric.reshape(-1)
-        for k in range(flat.size):
-            old = flat[k]
-            flat[k] = old + EPS
-            up = loss()
-            flat[k] = old - EPS
-            down = loss()
-            flat[k] = old
-            out[k] = (up - down) / (2 * EPS)
+        numeric = numeric_grad(loss, p)
         assert np.linalg.norm(numeric) > 0, name
         assert rel_err(analytic[name], numeric) < 1e-6, name
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 
-from helpers import Problem, make_problem, rel_err
+from helpers import Problem, make_problem, numeric_grad, rel_err
 from lstmcore import reference as ref
 
-EPS = 1e-6
-# central differences at EPS = 1e-6 are accurate to ~1e-9 relative on these smooth functions
+# central differences at eps = 1e-6 are accurate to ~1e-9 relative on these smooth functions
 FD_TOL = 1e-7
 
 
@@ -26,20 +23,6 @@ def loss(p: Problem, use: tuple[bool, bool, bool]) -> float:
     if use[2]:
         total += float(np.sum(c_n * p.dc_n))
     return total
-
-
-def numeric_grad(f: Callable[[], float], arr: np.ndarray) -> np.ndarray:
-    grad = np.zeros_like(arr)
-    flat, gflat = arr.reshape(-1), grad.reshape(-1)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + EPS
-        up = f()
-        flat[k] = old - EPS
-        down = f()
-        flat[k] = old
-        gflat[k] = (up - down) / (2 * EPS)
-    return grad
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 2, 3, 4), (4, 3, 2, 5)])
