@@ -13,7 +13,8 @@ through: dh0 = dh_n, dc0 = dc_n, weight gradients zero). B = 0, H = 0 and I = 0 
 give empty or zero results of the documented shapes.
 
 NaN and Inf follow IEEE arithmetic: a NaN anywhere in x or the weights makes the outputs it
-reaches NaN; nothing raises. Saturation is exact: sigmoid(-inf) = 0, tanh(+-inf) = +-1.
+reaches NaN; nothing raises. Saturation: sigmoid(+inf) = 1 and tanh(+-inf) = +-1 exactly;
+sigmoid(-inf) is 0 in float64 and below 1e-38 in float32 (the float exp clamps its input).
 
 ``x`` and the weights are referenced by the context, not copied: changing them in place between
 forward and backward changes the gradients (as in any autograd).
