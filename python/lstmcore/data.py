@@ -300,5 +300,5 @@ def split_validation(
 
 def batches(n: int, batch_size: int, order: Iterable[int] | None = None) -> list[NDArray[np.int64]]:
     """Index batches covering ``range(n)`` in ``order``; the last batch may be smaller."""
-    idx = np.arange(n) if order is None else np.asarray(list(order), dtype=np.int64)
+    idx = np.arange(n) if order is None else np.asarray(order, dtype=np.int64)
     return [idx[k : k + batch_size] for k in range(0, n, batch_size)]
