@@ -88,6 +88,7 @@ struct ForwardContext {
   py::dtype dtype;
   py::array x, w_ih, w_hh;
   py::array gates, h_all, c_all, tanh_c;
+  py::object dgates;  // backward's (T, B, 4H) scratch, made on first use (null until then)
 };
 
 std::int64_t dim(const py::array& a, int k) { return static_cast<std::int64_t>(a.shape(k)); }
@@ -103,10 +104,33 @@ py::dtype float_dtype_of(const py::handle& x) {
   return dt;
 }
 
+bool same_shape(const ForwardContext& c, const Dims& d, const py::dtype& dt) {
+  return c.dims.T == d.T && c.dims.B == d.B && c.dims.I == d.I && c.dims.H == d.H &&
+         c.dtype.equal(dt);
+}
+
+// The context to fill: `reuse` (an earlier context of the same shapes, whose buffers are
+// overwritten, so nothing is allocated) or a new one.
+py::object context_for(const py::object& reuse, const Dims& d, const py::dtype& dt) {
+  if (!reuse.is_none()) {
+    if (!py::isinstance<ForwardContext>(reuse)) fail("reuse", "a ForwardContext or None", reuse);
+    if (same_shape(reuse.cast<const ForwardContext&>(), d, dt)) return reuse;
+  }
+  auto fresh = std::make_unique<ForwardContext>();
+  fresh->dims = d;
+  fresh->dtype = dt;
+  fresh->gates = empty({d.T, d.B, 4 * d.H}, dt);
+  fresh->h_all = empty({d.T + 1, d.B, d.H}, dt);
+  fresh->c_all = empty({d.T + 1, d.B, d.H}, dt);
+  fresh->tanh_c = empty({d.T, d.B, d.H}, dt);
+  return py::cast(std::move(fresh));
+}
+
 template <typename S>
 py::tuple forward_impl(const py::array& x, const py::object& h0_obj, const py::object& c0_obj,
                        const py::object& w_ih_obj, const py::object& w_hh_obj,
-                       const py::object& bias_obj, const py::dtype& dt) {
+                       const py::object& bias_obj, const py::dtype& dt, const py::object& reuse,
+                       bool need_y) {
   if (!py::isinstance<py::array>(w_hh_obj) ||
       py::reinterpret_borrow<py::array>(w_hh_obj).ndim() != 2) {
     fail("w_hh", "a 2-d array (4H, H)", w_hh_obj);
@@ -119,55 +143,60 @@ py::tuple forward_impl(const py::array& x, const py::object& h0_obj, const py::o
   lstmcore::check_dims(d);
   const std::int64_t G = 4 * d.H;
 
-  auto ctx = std::make_unique<ForwardContext>();
-  ctx->dims = d;
-  ctx->dtype = dt;
-  ctx->x = require(x, "x", {d.T, d.B, d.I}, dt);
-  ctx->w_ih = require(w_ih_obj, "w_ih", {G, d.I}, dt);
-  ctx->w_hh = require(w_hh_obj, "w_hh", {G, d.H}, dt);
+  // every argument is checked before a reused context is touched
+  py::array x_ok = require(x, "x", {d.T, d.B, d.I}, dt);
+  py::array w_ih_ok = require(w_ih_obj, "w_ih", {G, d.I}, dt);
+  py::array w_hh_ok = require(w_hh_obj, "w_hh", {G, d.H}, dt);
   const S* bias = static_cast<const S*>(require(bias_obj, "bias", {G}, dt).data());
   const S* h0 = data_or_null<S>(h0_obj, "h0", {d.B, d.H}, dt);
   const S* c0 = data_or_null<S>(c0_obj, "c0", {d.B, d.H}, dt);
 
-  ctx->gates = empty({d.T, d.B, G}, dt);
-  ctx->h_all = empty({d.T + 1, d.B, d.H}, dt);
-  ctx->c_all = empty({d.T + 1, d.B, d.H}, dt);
-  ctx->tanh_c = empty({d.T, d.B, d.H}, dt);
-  py::array y = empty({d.T, d.B, d.H}, dt);
+  py::object ctx_obj = context_for(reuse, d, dt);
+  auto& ctx = ctx_obj.cast<ForwardContext&>();
+  ctx.x = x_ok;
+  ctx.w_ih = w_ih_ok;
+  ctx.w_hh = w_hh_ok;
+  py::array y;  // a placeholder (never written) when y is not wanted
+  if (need_y) y = empty({d.T, d.B, d.H}, dt);
   py::array h_n = empty({d.B, d.H}, dt);
   py::array c_n = empty({d.B, d.H}, dt);
 
-  const lstmcore::LstmCache<S> cache{mut<S>(ctx->gates), mut<S>(ctx->h_all), mut<S>(ctx->c_all),
-                                     mut<S>(ctx->tanh_c)};
-  const S* xp = static_cast<const S*>(ctx->x.data());
-  const S* w_ih = static_cast<const S*>(ctx->w_ih.data());
-  const S* w_hh = static_cast<const S*>(ctx->w_hh.data());
-  S* yp = mut<S>(y);
+  const lstmcore::LstmCache<S> cache{mut<S>(ctx.gates), mut<S>(ctx.h_all), mut<S>(ctx.c_all),
+                                     mut<S>(ctx.tanh_c)};
+  const S* xp = static_cast<const S*>(x_ok.data());
+  const S* w_ih = static_cast<const S*>(w_ih_ok.data());
+  const S* w_hh = static_cast<const S*>(w_hh_ok.data());
+  S* yp = need_y ? mut<S>(y) : nullptr;
   S* hnp = mut<S>(h_n);
   S* cnp = mut<S>(c_n);
   {
     py::gil_scoped_release nogil;
     lstmcore::lstm_forward<S>(cache, xp, h0, c0, w_ih, w_hh, bias, d);
     const std::size_t bh = static_cast<std::size_t>(d.B * d.H);
+    const std::size_t steps = static_cast<std::size_t>(d.T);
     if (bh > 0) {
-      if (d.T > 0) std::memcpy(yp, cache.h_all + bh, sizeof(S) * bh * static_cast<std::size_t>(d.T));
-      std::memcpy(hnp, cache.h_all + bh * static_cast<std::size_t>(d.T), sizeof(S) * bh);
-      std::memcpy(cnp, cache.c_all + bh * static_cast<std::size_t>(d.T), sizeof(S) * bh);
+      if (yp != nullptr && steps > 0) std::memcpy(yp, cache.h_all + bh, sizeof(S) * bh * steps);
+      std::memcpy(hnp, cache.h_all + bh * steps, sizeof(S) * bh);
+      std::memcpy(cnp, cache.c_all + bh * steps, sizeof(S) * bh);
     }
   }
-  return py::make_tuple(y, h_n, c_n, py::cast(std::move(ctx)));
+  py::object y_out = need_y ? py::object(y) : py::object(py::none());
+  return py::make_tuple(y_out, h_n, c_n, ctx_obj);
 }
 
 py::tuple forward(const py::object& x, const py::object& h0, const py::object& c0,
-                  const py::object& w_ih, const py::object& w_hh, const py::object& bias) {
+                  const py::object& w_ih, const py::object& w_hh, const py::object& bias,
+                  const py::object& reuse, bool need_y) {
   py::dtype dt = float_dtype_of(x);
   auto xa = py::reinterpret_borrow<py::array>(x);
-  if (dt.equal(py::dtype::of<float>())) return forward_impl<float>(xa, h0, c0, w_ih, w_hh, bias, dt);
-  return forward_impl<double>(xa, h0, c0, w_ih, w_hh, bias, dt);
+  if (dt.equal(py::dtype::of<float>())) {
+    return forward_impl<float>(xa, h0, c0, w_ih, w_hh, bias, dt, reuse, need_y);
+  }
+  return forward_impl<double>(xa, h0, c0, w_ih, w_hh, bias, dt, reuse, need_y);
 }
 
 template <typename S>
-py::tuple backward_impl(const ForwardContext& ctx, const py::object& dy_obj,
+py::tuple backward_impl(ForwardContext& ctx, const py::object& dy_obj,
                         const py::object& dh_n_obj, const py::object& dc_n_obj, bool need_dx) {
   const Dims& d = ctx.dims;
   const py::dtype& dt = ctx.dtype;
@@ -176,8 +205,10 @@ py::tuple backward_impl(const ForwardContext& ctx, const py::object& dy_obj,
   const S* dh_n = data_or_null<S>(dh_n_obj, "dh_n", {d.B, d.H}, dt);
   const S* dc_n = data_or_null<S>(dc_n_obj, "dc_n", {d.B, d.H}, dt);
 
-  py::array dgates = empty({d.T, d.B, G}, dt);
-  py::array dx;  // stays a null handle when dx is not wanted
+  // scratch kept with the context: repeated backward passes allocate no workspace
+  if (!ctx.dgates) ctx.dgates = empty({d.T, d.B, G}, dt);
+  auto dgates = py::reinterpret_borrow<py::array>(ctx.dgates);
+  py::array dx;  // a placeholder (never written) when dx is not wanted
   if (need_dx) dx = empty({d.T, d.B, d.I}, dt);
   py::array dh0 = empty({d.B, d.H}, dt);
   py::array dc0 = empty({d.B, d.H}, dt);
@@ -203,7 +234,7 @@ py::tuple backward_impl(const ForwardContext& ctx, const py::object& dy_obj,
   return py::make_tuple(dx_out, dh0, dc0, dw_ih, dw_hh, dbias);
 }
 
-py::tuple backward(const ForwardContext& ctx, const py::object& dy, const py::object& dh_n,
+py::tuple backward(ForwardContext& ctx, const py::object& dy, const py::object& dh_n,
                    const py::object& dc_n, bool need_dx) {
   if (ctx.dtype.equal(py::dtype::of<float>())) {
     return backward_impl<float>(ctx, dy, dh_n, dc_n, need_dx);
@@ -226,8 +257,10 @@ PYBIND11_MODULE(_core, m) {
                              "(T, B, I, H)");
 
   m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
-        py::arg("w_hh"), py::arg("bias"),
-        "forward(x, h0, c0, w_ih, w_hh, bias) -> (y, h_n, c_n, ctx); h0/c0 may be None");
+        py::arg("w_hh"), py::arg("bias"), py::arg("reuse") = py::none(),
+        py::arg("need_y") = true,
+        "forward(x, h0, c0, w_ih, w_hh, bias, reuse=None, need_y=True) -> (y, h_n, c_n, ctx);\n"
+        "h0/c0 may be None; reuse: an earlier ctx of the same shapes to overwrite");
   m.def("backward", &backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         py::arg("need_dx") = true,
         "backward(ctx, dy, dh_n, dc_n, need_dx=True) -> (dx, dh0, dc0, dw_ih, dw_hh, dbias)");

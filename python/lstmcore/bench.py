@@ -137,6 +137,30 @@ def torch_steps(s: Shape, rng: np.random.Generator) -> tuple[Step, Step]:
     return train, infer
 
 
+def keras_steps(s: Shape, rng: np.random.Generator) -> tuple[Step, Step]:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((s.T, s.I)), keras.layers.LSTM(s.H), keras.layers.Dense(CLASSES)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        jit_compile=True,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x = rng.random((s.B, s.T, s.I), dtype=np.float32)
+    y = rng.integers(0, CLASSES, s.B)
+
+    def train() -> None:
+        model.train_on_batch(x, y)
+
+    def infer() -> None:
+        model.predict_on_batch(x)
+
+    return train, infer
+
+
 def contenders(threads: int) -> tuple[dict[str, Callable[..., tuple[Step, Step]]], list[str]]:
     found: dict[str, Callable[..., tuple[Step, Step]]] = {
         "lstmcore": lstmcore_steps,
@@ -150,7 +174,21 @@ def contenders(threads: int) -> tuple[dict[str, Callable[..., tuple[Step, Step]]
         found[f"torch-{torch.__version__}"] = torch_steps
     except ImportError:
         notes.append("PyTorch not importable: skipped (pip install torch==2.13.0)")
-    notes.append("Keras 3 / JAX: not benchmarked yet")
+    # XLA sizes its thread pool once per process, from all cores: Keras runs only in the
+    # all-cores pass, where its thread count matches the others'
+    if threads == len(os.sched_getaffinity(0)):
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+        try:
+            import keras
+
+            if keras.backend.backend() == "jax":
+                found[f"keras-{keras.__version__}-jax"] = keras_steps
+            else:
+                notes.append(f"Keras uses the {keras.backend.backend()} backend: skipped")
+        except ImportError:
+            notes.append("Keras 3 / JAX not importable: skipped")
+    else:
+        notes.append(f"Keras/JAX runs only with all cores (XLA's pool), not with {threads}")
     return found, notes
 
 
@@ -271,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         from lstmcore._native import core
 
         ceilings[threads] = 2.0 * 2048**3 / core.time_sgemm(2048, 5)
-        found, notes = contenders(threads)
+        found, found_notes = contenders(threads)
+        notes.extend(n for n in found_notes if n not in notes)
         if args.no_reference:
             found.pop("numpy-reference")
         for shape in shapes:

@@ -56,16 +56,25 @@ class LSTM:
         self._ctx: ops.LstmContext | None = None
 
     def forward(
-        self, x: Array, h0: Array | None = None, c0: Array | None = None
-    ) -> tuple[Array, Array, Array]:
-        """x: (T, B, I), or (B, T, I) with batch_first. Returns (y, h_n, c_n), y like x."""
+        self, x: Array, h0: Array | None = None, c0: Array | None = None, *, need_y: bool = True
+    ) -> tuple[Array | None, Array, Array]:
+        """x: (T, B, I), or (B, T, I) with batch_first. Returns (y, h_n, c_n), y like x (None
+        with ``need_y=False``). The layer reuses its buffers from call to call."""
         if self.batch_first:
             x = x.transpose(1, 0, 2)
         p = self.params
         y, h_n, c_n, self._ctx = ops.lstm_forward(
-            x, h0, c0, p["w_ih"], p["w_hh"], p["bias"], device=self.device
+            x,
+            h0,
+            c0,
+            p["w_ih"],
+            p["w_hh"],
+            p["bias"],
+            device=self.device,
+            reuse=self._ctx,
+            need_y=need_y,
         )
-        if self.batch_first:
+        if y is not None and self.batch_first:
             y = y.transpose(1, 0, 2)
         return y, h_n, c_n
 
@@ -201,12 +210,13 @@ class SequenceClassifier:
             p["w_hh"],
             p["bias"],
             device=self.lstm.device,
+            need_y=False,
         )
         return self.head.forward(h_n)
 
     def loss_and_grads(self, images: Array, labels: NDArray[np.integer[Any]]) -> tuple[float, int]:
         """Forward and backward on one batch; fills ``grads``; returns (mean loss, correct)."""
-        _, h_n, _ = self.lstm.forward(self._time_major(images))
+        _, h_n, _ = self.lstm.forward(self._time_major(images), need_y=False)
         logits = self.head.forward(h_n)
         loss, dlogits = softmax_cross_entropy(logits, labels)
         dh_n = self.head.backward(dlogits)

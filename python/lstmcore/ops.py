@@ -92,8 +92,16 @@ def lstm_forward(
     bias: NDArray[Any],
     *,
     device: str = "cpu",
-) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], LstmContext]:
-    """Runs the LSTM over all steps; returns ``(y, h_n, c_n, ctx)``. h0/c0 of None mean zeros."""
+    reuse: LstmContext | None = None,
+    need_y: bool = True,
+) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any], LstmContext]:
+    """Runs the LSTM over all steps; returns ``(y, h_n, c_n, ctx)``. h0/c0 of None mean zeros.
+
+    ``reuse``: a context from an earlier call that is no longer needed; when its shapes, dtype
+    and device match, its buffers are overwritten instead of allocating new ones (the old
+    context then describes this call). ``need_y=False`` returns None for y and skips its copy.
+    A context serves one thread at a time.
+    """
     _check_device(device)
     if x is None:
         raise ValueError("x: expected a numpy array, got None")
@@ -104,7 +112,8 @@ def lstm_forward(
     dtype = _common_dtype(args)
     arrays = {name: _contiguous(value) for name, value in args.items()}
     backend = _core if device == "cpu" else _cuda_module()
-    y, h_n, c_n, native = backend.forward(**arrays)
+    old = reuse.native if reuse is not None and reuse.device == device else None
+    y, h_n, c_n, native = backend.forward(**arrays, reuse=old, need_y=need_y)
     ctx = LstmContext(native=native, device=device, dtype=dtype, shape=tuple(native.shape))
     return y, h_n, c_n, ctx
 

@@ -508,6 +508,7 @@ def report_test(
                 "test_correct": correct,
                 "test_total": total,
                 "model": "best.npz",
+                "peak_rss_mb": peak_rss_mb(),
             },
         ],
     )
@@ -515,6 +516,13 @@ def report_test(
     if not quiet:
         print(format_confusion(confusion_matrix(mnist.test_labels, predicted, mnist.num_classes)))
     print(accuracy_line(correct, total))
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
