@@ -264,6 +264,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("backward", &backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         py::arg("need_dx") = true,
         "backward(ctx, dy, dh_n, dc_n, need_dx=True) -> (dx, dh0, dc0, dw_ih, dw_hh, dbias)");
+  m.def(
+      "check_dims",
+      [](std::int64_t T, std::int64_t B, std::int64_t I, std::int64_t H) {
+        lstmcore::check_dims(Dims{T, B, I, H});
+      },
+      py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"),
+      "ValueError unless every buffer of these sizes fits the core's 32-bit BLAS sizes");
   m.def("set_num_threads", &lstmcore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &lstmcore::get_num_threads);
   m.def("blas_core_name", &lstmcore::blas_core_name);

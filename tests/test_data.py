@@ -76,6 +76,10 @@ def bad_files(rng: np.random.Generator) -> dict[str, tuple[bytes, str]]:
         "extra bytes": (good + b"\x00" * 3, "more data than the header"),
         "huge declared size": (
             bytes([0, 0, 8, 3]) + np.array([2**31, 2**31, 2**31], ">u4").tobytes() + b"\x00" * 100,
+            "too large to represent",
+        ),
+        "large declared size": (
+            bytes([0, 0, 8, 2]) + np.array([2**20, 2**20], ">u4").tobytes() + b"\x00" * 100,
             "truncated data",
         ),
     }

@@ -61,6 +61,27 @@ def save(
         os.close(dir_fd)
 
 
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """Replaces a small text file so a reader never sees it half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Deletes temporary files that an interrupted save (e.g. SIGKILL) left in ``directory``;
+    complete checkpoints are never touched. Returns what was removed."""
+    removed = []
+    for stale in [*Path(directory).glob(".*.npz.*.tmp"), *Path(directory).glob(".*.json*.tmp")]:
+        stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
 def load(
     path: str | os.PathLike[str],
 ) -> tuple[dict[str, Array], dict[str, Array], dict[str, Any], dict[str, Array]]:

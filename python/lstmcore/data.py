@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 import zlib
@@ -127,9 +128,13 @@ def read_idx(path: str | os.PathLike[str], expect_dims: int | None = None) -> ND
                 int(v) for v in np.frombuffer(_read_exact(stream, 4 * ndim, path, "header"), ">u4")
             )
             dtype = _IDX_TYPES[type_code]
-            count = 1
+            count, nominal = 1, 1
             for n in shape:
                 count *= n
+                nominal *= max(n, 1)
+            # numpy cannot even describe an (empty) array whose other dimensions overflow
+            if nominal * dtype.itemsize > sys.maxsize:
+                raise DataError(f"{path}: header shape {shape} is too large to represent")
             data = _read_exact(stream, count * dtype.itemsize, path, "data")
             if stream.read(1):
                 raise DataError(f"{path}: more data than the header's shape {shape} declares")
@@ -188,13 +193,20 @@ def _load_pair(
         _verify(labels_path, checksums[labels_name])
     images = read_idx(images_path, expect_dims=3)
     labels = read_idx(labels_path, expect_dims=1)
-    if images.dtype != np.uint8 or labels.dtype != np.uint8:
-        raise DataError(f"{images_path}: expected unsigned-byte images and labels")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{labels_path}: expected integer labels, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{labels_path}: negative label {labels.min()}")
     if images.shape[0] != labels.shape[0]:
         raise DataError(
             f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} images in {images_path}"
         )
-    return (images.astype(np.float32) / np.float32(255.0)), labels.astype(np.int64)
+    # unsigned bytes are scaled to [0, 1]; float IDX images are taken as they are
+    if images.dtype == np.uint8:
+        pixels = images.astype(np.float32) / np.float32(255.0)
+    else:
+        pixels = images.astype(np.float32)
+    return pixels, labels.astype(np.int64)
 
 
 def load_mnist(

@@ -72,6 +72,17 @@ def _contiguous(value: NDArray[Any] | None) -> NDArray[Any] | None:
     return None if value is None else np.ascontiguousarray(value)
 
 
+def _check_sizes(x: NDArray[Any], w_hh: NDArray[Any]) -> None:
+    """Rejects sizes whose buffers would overflow the core's 32-bit BLAS sizes before anything
+    is copied or allocated (a broadcast view can claim terabytes)."""
+    if x.ndim != 3:
+        raise ValueError(f"x: expected 3 dimensions (T, B, I), got {x.shape} {x.dtype}")
+    if w_hh.ndim != 2:
+        raise ValueError(f"w_hh: expected a 2-d array (4H, H), got {w_hh.shape} {w_hh.dtype}")
+    steps, batch, inputs = x.shape
+    _core.check_dims(steps, batch, inputs, w_hh.shape[1])
+
+
 def _check_device(device: str) -> None:
     if device not in _DEVICES:
         raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
@@ -110,6 +121,7 @@ def lstm_forward(
         if args[name] is None:
             raise ValueError(f"{name}: expected a numpy array, got None")
     dtype = _common_dtype(args)
+    _check_sizes(x, w_hh)
     arrays = {name: _contiguous(value) for name, value in args.items()}
     backend = _core if device == "cpu" else _cuda_module()
     old = reuse.native if reuse is not None and reuse.device == device else None

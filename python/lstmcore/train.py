@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -47,6 +46,7 @@ class Config:
     clip: float = 1.0
     schedule: str = "cosine"
     forget_bias: float = 1.0
+    max_loss: float = 100.0
     seed: int = 0
     val_size: int = 5000
     train_subset: int | None = None
@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="added to the forget gate's initial bias",
     )
     p.add_argument(
+        "--max-loss",
+        type=non_negative_float,
+        default=d.max_loss,
+        help="stop as diverged when a batch's mean loss exceeds this (chance is ln(classes))",
+    )
+    p.add_argument(
         "--seed",
         type=non_negative_int,
         default=d.seed,
@@ -154,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on only the first N training images (quick checks)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train")
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="--device cuda: let cuBLAS use TF32 tensor cores for float32 GEMMs "
+        "(faster, about 1e-3 relative error; off by default)",
+    )
     p.add_argument(
         "--threads",
         type=positive_int,
@@ -225,6 +237,12 @@ def save_state(
     rng: np.random.Generator,
     order: Array,
 ) -> None:
+    for name, value in model.params.items():
+        if not np.all(np.isfinite(value)):
+            raise TrainingError(
+                f"step {prog.step}: parameter {name} is not finite; not saving {path.name} "
+                "(the previous checkpoints are kept)"
+            )
     meta = {
         "config": asdict(cfg),
         "progress": asdict(prog),
@@ -264,13 +282,8 @@ def restore_state(
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl, rewritten atomically from the history the checkpoint holds."""
-    tmp = run_dir / ".metrics.jsonl.tmp"
-    with open(tmp, "w") as out:
-        for row in history:
-            out.write(json.dumps(row) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, run_dir / "metrics.jsonl")
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    checkpoint.write_text_atomically(run_dir / "metrics.jsonl", text)
 
 
 # ---- evaluation --------------------------------------------------------------------------------
@@ -296,6 +309,93 @@ def accuracy_line(correct: int, total: int) -> str:
 # ---- the loop ----------------------------------------------------------------------------------
 
 
+class CpuStepper:
+    """One training step on the CPU core; the host model and optimizer are the state."""
+
+    def __init__(
+        self,
+        model: SequenceClassifier,
+        opt: optim.Optimizer,
+        cfg: Config,
+        images: Array,
+        labels: Array,
+    ) -> None:
+        self.model, self.opt, self.cfg = model, opt, cfg
+        self.images, self.labels = images, labels
+
+    def step(self, idx: Array, lr: float) -> tuple[float, int, str | None]:
+        self.opt.lr = lr
+        # non-finite values are caught just below, by name: no numpy warnings
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, correct = self.model.loss_and_grads(self.images[idx], self.labels[idx])
+        grads = self.model.grads
+        problem = divergence(loss, grads, self.cfg.max_loss)
+        if problem is None:
+            if self.cfg.clip > 0:
+                optim.clip_grad_norm(grads, self.cfg.clip)
+            self.opt.step(grads)
+        return loss, correct, problem
+
+    def sync(self) -> None:
+        """Nothing to do: the host arrays are the state."""
+
+
+class CudaStepper:
+    """One training step on the GPU (lstmcore.cuda_train); sync() brings the device state to
+    the host model and optimizer before they are evaluated or saved."""
+
+    def __init__(
+        self,
+        model: SequenceClassifier,
+        opt: optim.Optimizer,
+        cfg: Config,
+        images: Array,
+        labels: Array,
+        tf32: bool,
+    ) -> None:
+        from lstmcore.cuda_train import CudaSession
+
+        self.model, self.opt, self.cfg = model, opt, cfg
+        self.session = CudaSession(
+            model, opt, images, labels, max_batch=cfg.batch_size, clip=cfg.clip, tf32=tf32
+        )
+        self.session.push(model, opt)
+
+    def step(self, idx: Array, lr: float) -> tuple[float, int, str | None]:
+        self.opt.lr = lr
+        loss, correct, applied = self.session.step(idx, lr)
+        if not applied:
+            return (
+                loss,
+                correct,
+                f"loss is {loss}" if not math.isfinite(loss) else "a gradient is not finite",
+            )
+        if loss > self.cfg.max_loss:
+            return (
+                loss,
+                correct,
+                f"loss {loss:.4g} exceeds --max-loss {self.cfg.max_loss:g} (diverging)",
+            )
+        return loss, correct, None
+
+    def sync(self) -> None:
+        self.session.pull(self.model, self.opt)
+
+
+def make_stepper(
+    device: str,
+    model: SequenceClassifier,
+    opt: optim.Optimizer,
+    cfg: Config,
+    images: Array,
+    labels: Array,
+    tf32: bool,
+) -> CpuStepper | CudaStepper:
+    if device == "cuda":
+        return CudaStepper(model, opt, cfg, images, labels, tf32)
+    return CpuStepper(model, opt, cfg, images, labels)
+
+
 class _Interrupt:
     """SIGINT sets a flag that the loop checks between steps, so a step is never cut in half."""
 
@@ -306,12 +406,16 @@ class _Interrupt:
         self.requested = True
 
 
-def first_non_finite(loss: float, grads: dict[str, Array]) -> str | None:
+def divergence(loss: float, grads: dict[str, Array], max_loss: float) -> str | None:
+    """What shows the run has diverged (the first non-finite quantity, or a loss above
+    max_loss), or None."""
     if not math.isfinite(loss):
         return f"loss is {loss}"
     for name, g in grads.items():
         if not np.all(np.isfinite(g)):
             return f"gradient of {name} is not finite"
+    if loss > max_loss:
+        return f"loss {loss:.4g} exceeds --max-loss {max_loss:g} (diverging)"
     return None
 
 
@@ -366,7 +470,11 @@ def train(args: argparse.Namespace) -> int:
         say(f"resumed {run_dir} at epoch {prog.epoch}, step {prog.step}")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        checkpoint.write_text_atomically(
+            run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n"
+        )
+    checkpoint.remove_stale_temporaries(run_dir)
+    stepper = make_stepper(args.device, model, opt, cfg, train_x, train_y, args.tf32)
     assert prog.history is not None
 
     interrupt = _Interrupt()
@@ -391,20 +499,12 @@ def train(args: argparse.Namespace) -> int:
             for idx in batches[prog.epoch_pos :]:
                 if prog.step >= total_steps:
                     break
-                opt.lr = lr_for(cfg, prog.step, total_steps)
-                # non-finite values are caught just below, by name: no numpy warnings
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    loss, correct = model.loss_and_grads(train_x[idx], train_y[idx])
-                grads = model.grads
-                problem = first_non_finite(loss, grads)
+                loss, correct, problem = stepper.step(idx, lr_for(cfg, prog.step, total_steps))
                 if problem is not None:
                     raise TrainingError(
                         f"step {prog.step + 1}: {problem}; training stopped "
                         f"(last.npz and best.npz hold the last good state)"
                     )
-                if cfg.clip > 0:
-                    optim.clip_grad_norm(grads, cfg.clip)
-                opt.step(grads)
                 prog.step += 1
                 prog.epoch_pos += 1
                 prog.loss_sum += loss * len(idx)
@@ -423,6 +523,7 @@ def train(args: argparse.Namespace) -> int:
                     prog.seconds += time.perf_counter() - started
                     if bar is not None:
                         bar.close()
+                    stepper.sync()
                     save_state(run_dir / "last.npz", model, opt, cfg, prog, rng, order)
                     print(
                         f"interrupted at step {prog.step}: saved {run_dir / 'last.npz'}; "
@@ -433,6 +534,7 @@ def train(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
             prog.seconds += time.perf_counter() - started
+            stepper.sync()  # the host model and optimizer now hold the device's state
             finish_epoch(run_dir, model, opt, cfg, prog, rng, val_x, val_y, say)
             order = rng.permutation(len(train_x))
             prog.epoch_pos = 0

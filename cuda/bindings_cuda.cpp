@@ -1,0 +1,423 @@
+// bindings_cuda.cpp: the Python module lstmcore._cuda (NumPy in, NumPy out).
+//
+// The same strict boundary as the CPU module: exact dtype, shape, C-contiguous layout, with
+// messages naming the argument. ops-level calls share one Context (handle + stream) per
+// process, used by one call at a time; the trainer owns its own.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "lstm_cuda.h"
+#include "train_cuda.h"
+
+namespace py = pybind11;
+using lstmcore::Dims;
+namespace lc = lstmcore::cuda;
+
+namespace {
+
+using Shape = std::vector<std::int64_t>;
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream o;
+  o << "(";
+  for (std::size_t k = 0; k < s.size(); ++k) o << (k ? ", " : "") << s[k];
+  o << (s.size() == 1 ? ",)" : ")");
+  return o.str();
+}
+
+Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
+
+std::string describe(const py::handle& obj) {
+  if (obj.is_none()) return "None";
+  if (!py::isinstance<py::array>(obj)) return py::str(py::type::of(obj).attr("__name__"));
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  return shape_str(shape_of(a)) + " " + py::str(a.dtype()).cast<std::string>();
+}
+
+py::array require(const py::handle& obj, const char* name, const Shape& shape,
+                  const py::dtype& dt) {
+  const std::string expected =
+      "shape " + shape_str(shape) + " " + py::str(dt).cast<std::string>();
+  if (!py::isinstance<py::array>(obj) ||
+      !py::reinterpret_borrow<py::array>(obj).dtype().equal(dt) ||
+      shape_of(py::reinterpret_borrow<py::array>(obj)) != shape) {
+    throw std::invalid_argument(std::string(name) + ": expected " + expected + ", got " +
+                                describe(obj));
+  }
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!(a.flags() & py::array::c_style)) {
+    throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array");
+  }
+  return a;
+}
+
+std::mutex g_shared_mutex;
+
+// Deliberately never destroyed: at interpreter exit the CUDA driver may already be gone, and
+// destroying a handle then can crash the process.
+lc::Context& shared_context() {
+  static lc::Context* ctx = new lc::Context(false);
+  return *ctx;
+}
+
+struct CacheBase {
+  virtual ~CacheBase() = default;
+};
+
+template <typename S>
+struct DeviceCache : CacheBase {
+  lc::DeviceBuffer<S> x, w_ih, w_hh, gates, h_all, c_all, tanh_c;
+};
+
+struct CudaForwardContext {
+  Dims dims;
+  py::dtype dtype;
+  std::unique_ptr<CacheBase> cache;
+};
+
+template <typename S>
+std::size_t n(std::int64_t a, std::int64_t b = 1, std::int64_t c = 1) {
+  return static_cast<std::size_t>(a * b * c);
+}
+
+template <typename S>
+const S* host_or_null(const py::object& obj, const char* name, const Shape& shape,
+                      const py::dtype& dt) {
+  if (obj.is_none()) return nullptr;
+  return static_cast<const S*>(require(obj, name, shape, dt).data());
+}
+
+// uploads `host`, or zeros when it is null
+template <typename S>
+void upload_or_zero(lc::DeviceBuffer<S>& buf, const S* host, std::size_t count,
+                    cudaStream_t stream) {
+  buf.grow(count);
+  if (host != nullptr) {
+    buf.upload(host, count, stream);
+  } else if (count > 0) {
+    CUDA_CHECK(cudaMemsetAsync(buf.data(), 0, count * sizeof(S), stream));
+  }
+}
+
+template <typename S>
+py::tuple forward_impl(const py::array& x, const py::object& h0, const py::object& c0,
+                       const py::object& w_ih, const py::object& w_hh, const py::object& bias,
+                       const py::dtype& dt) {
+  if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2) {
+    throw std::invalid_argument("w_hh: expected a 2-d array (4H, H), got " + describe(w_hh));
+  }
+  Dims d{static_cast<std::int64_t>(x.shape(0)), static_cast<std::int64_t>(x.shape(1)),
+         static_cast<std::int64_t>(x.shape(2)),
+         static_cast<std::int64_t>(py::reinterpret_borrow<py::array>(w_hh).shape(1))};
+  lstmcore::check_dims(d);
+  const std::int64_t G = 4 * d.H;
+  auto x_ok = require(x, "x", {d.T, d.B, d.I}, dt);
+  auto w_ih_ok = require(w_ih, "w_ih", {G, d.I}, dt);
+  auto w_hh_ok = require(w_hh, "w_hh", {G, d.H}, dt);
+  auto bias_ok = require(bias, "bias", {G}, dt);
+  const S* h0p = host_or_null<S>(h0, "h0", {d.B, d.H}, dt);
+  const S* c0p = host_or_null<S>(c0, "c0", {d.B, d.H}, dt);
+  const S* xp = static_cast<const S*>(x_ok.data());
+  const S* w_ihp = static_cast<const S*>(w_ih_ok.data());
+  const S* w_hhp = static_cast<const S*>(w_hh_ok.data());
+  const S* biasp = static_cast<const S*>(bias_ok.data());
+
+  auto cache = std::make_unique<DeviceCache<S>>();
+  py::array y(dt, Shape{d.T, d.B, d.H});
+  py::array h_n(dt, Shape{d.B, d.H});
+  py::array c_n(dt, Shape{d.B, d.H});
+  S* yp = static_cast<S*>(y.mutable_data());
+  S* hnp = static_cast<S*>(h_n.mutable_data());
+  S* cnp = static_cast<S*>(c_n.mutable_data());
+  {
+    // GIL first, then the lock: a thread waiting for the lock never holds the GIL
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(g_shared_mutex);
+    lc::Context& ctx = shared_context();
+    cudaStream_t s = ctx.stream();
+    lc::DeviceBuffer<S> h0_d, c0_d, bias_d;
+    cache->x.upload(xp, n<S>(d.T, d.B, d.I), s);
+    cache->w_ih.upload(w_ihp, n<S>(G, d.I), s);
+    cache->w_hh.upload(w_hhp, n<S>(G, d.H), s);
+    bias_d.upload(biasp, n<S>(G), s);
+    upload_or_zero<S>(h0_d, h0p, n<S>(d.B, d.H), s);
+    upload_or_zero<S>(c0_d, c0p, n<S>(d.B, d.H), s);
+    cache->gates.grow(n<S>(d.T, d.B, G));
+    cache->h_all.grow(n<S>(d.T + 1, d.B, d.H));
+    cache->c_all.grow(n<S>(d.T + 1, d.B, d.H));
+    cache->tanh_c.grow(n<S>(d.T, d.B, d.H));
+    const lstmcore::LstmCache<S> c{cache->gates.data(), cache->h_all.data(), cache->c_all.data(),
+                                   cache->tanh_c.data()};
+    lc::lstm_forward<S>(ctx, c, cache->x.data(), h0_d.data(), c0_d.data(), cache->w_ih.data(),
+                        cache->w_hh.data(), bias_d.data(), d);
+    const std::size_t bh = n<S>(d.B, d.H);
+    if (bh > 0) {
+      if (d.T > 0) {
+        CUDA_CHECK(cudaMemcpyAsync(yp, c.h_all + bh, bh * n<S>(d.T) * sizeof(S),
+                                   cudaMemcpyDeviceToHost, s));
+      }
+      CUDA_CHECK(cudaMemcpyAsync(hnp, c.h_all + bh * n<S>(d.T), bh * sizeof(S),
+                                 cudaMemcpyDeviceToHost, s));
+      CUDA_CHECK(cudaMemcpyAsync(cnp, c.c_all + bh * n<S>(d.T), bh * sizeof(S),
+                                 cudaMemcpyDeviceToHost, s));
+    }
+    ctx.synchronize();
+  }
+  auto out = std::make_unique<CudaForwardContext>();
+  out->dims = d;
+  out->dtype = dt;
+  out->cache = std::move(cache);
+  return py::make_tuple(y, h_n, c_n, py::cast(std::move(out)));
+}
+
+template <typename S>
+py::tuple backward_impl(const CudaForwardContext& fc, const py::object& dy,
+                        const py::object& dh_n, const py::object& dc_n, bool need_dx) {
+  const Dims& d = fc.dims;
+  const py::dtype& dt = fc.dtype;
+  const std::int64_t G = 4 * d.H;
+  auto& cache = static_cast<DeviceCache<S>&>(*fc.cache);
+  const S* dyp = host_or_null<S>(dy, "dy", {d.T, d.B, d.H}, dt);
+  const S* dhnp = host_or_null<S>(dh_n, "dh_n", {d.B, d.H}, dt);
+  const S* dcnp = host_or_null<S>(dc_n, "dc_n", {d.B, d.H}, dt);
+  py::array dh0(dt, Shape{d.B, d.H}), dc0(dt, Shape{d.B, d.H});
+  py::array dw_ih(dt, Shape{G, d.I}), dw_hh(dt, Shape{G, d.H}), dbias(dt, Shape{G});
+  py::array dx(dt, Shape{need_dx ? d.T : 0, d.B, d.I});
+  S* out[] = {static_cast<S*>(dh0.mutable_data()), static_cast<S*>(dc0.mutable_data()),
+              static_cast<S*>(dw_ih.mutable_data()), static_cast<S*>(dw_hh.mutable_data()),
+              static_cast<S*>(dbias.mutable_data()), static_cast<S*>(dx.mutable_data())};
+  {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(g_shared_mutex);
+    lc::Context& ctx = shared_context();
+    cudaStream_t s = ctx.stream();
+    lc::DeviceBuffer<S> dy_d, dhn_d, dcn_d, dgates, dh0_d, dc0_d, dw_ih_d, dw_hh_d, db_d, dx_d;
+    if (dyp != nullptr) dy_d.upload(dyp, n<S>(d.T, d.B, d.H), s);
+    upload_or_zero<S>(dhn_d, dhnp, n<S>(d.B, d.H), s);
+    upload_or_zero<S>(dcn_d, dcnp, n<S>(d.B, d.H), s);
+    dgates.grow(n<S>(d.T, d.B, G));
+    dh0_d.grow(n<S>(d.B, d.H));
+    dc0_d.grow(n<S>(d.B, d.H));
+    dw_ih_d.grow(n<S>(G, d.I));
+    dw_hh_d.grow(n<S>(G, d.H));
+    db_d.grow(n<S>(G));
+    if (need_dx) dx_d.grow(n<S>(d.T, d.B, d.I));
+    const lstmcore::LstmGrads<S> g{need_dx ? dx_d.data() : nullptr, dh0_d.data(), dc0_d.data(),
+                                   dw_ih_d.data(), dw_hh_d.data(), db_d.data()};
+    const lstmcore::LstmConstCache<S> c{cache.gates.data(), cache.h_all.data(),
+                                        cache.c_all.data(), cache.tanh_c.data()};
+    lc::lstm_backward<S>(ctx, g, dgates.data(), c, cache.x.data(), cache.w_ih.data(),
+                         cache.w_hh.data(), dyp != nullptr ? dy_d.data() : nullptr,
+                         dhn_d.data(), dcn_d.data(), d);
+    dh0_d.download(out[0], n<S>(d.B, d.H), s);
+    dc0_d.download(out[1], n<S>(d.B, d.H), s);
+    dw_ih_d.download(out[2], n<S>(G, d.I), s);
+    dw_hh_d.download(out[3], n<S>(G, d.H), s);
+    db_d.download(out[4], n<S>(G), s);
+    if (need_dx) dx_d.download(out[5], n<S>(d.T, d.B, d.I), s);
+    ctx.synchronize();
+  }
+  py::object dx_out = need_dx ? py::object(dx) : py::object(py::none());
+  return py::make_tuple(dx_out, dh0, dc0, dw_ih, dw_hh, dbias);
+}
+
+py::dtype float_dtype_of(const py::object& x) {
+  if (!py::isinstance<py::array>(x)) {
+    throw std::invalid_argument("x: expected a numpy array, got " + describe(x));
+  }
+  auto a = py::reinterpret_borrow<py::array>(x);
+  if (a.ndim() != 3) throw std::invalid_argument("x: expected 3 dimensions, got " + describe(x));
+  if (a.dtype().equal(py::dtype::of<float>())) return py::dtype::of<float>();
+  if (a.dtype().equal(py::dtype::of<double>())) return py::dtype::of<double>();
+  throw std::invalid_argument("x: expected dtype float32 or float64, got " + describe(x));
+}
+
+}  // namespace
+
+namespace lstmcore::cuda {
+void bind_trainer(py::module_& m);  // below
+}
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "lstmcore's CUDA path (use lstmcore.ops with device='cuda', or the trainer)";
+
+  py::class_<CudaForwardContext>(m, "ForwardContext")
+      .def_property_readonly("shape", [](const CudaForwardContext& c) {
+        return py::make_tuple(c.dims.T, c.dims.B, c.dims.I, c.dims.H);
+      });
+
+  m.def("device_count", []() {
+    const char* why = "";
+    const int count = lc::device_count(&why);
+    return py::make_tuple(count, std::string(why));
+  });
+  m.def("device_name", [](int device) {
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    return std::string(prop.name);
+  });
+  m.def(
+      "forward",
+      [](const py::object& x, const py::object& h0, const py::object& c0, const py::object& w_ih,
+         const py::object& w_hh, const py::object& bias, const py::object& reuse, bool need_y) {
+        (void)reuse;  // device buffers live with each context; nothing to reuse across calls
+        py::dtype dt = float_dtype_of(x);
+        auto xa = py::reinterpret_borrow<py::array>(x);
+        py::tuple out = dt.equal(py::dtype::of<float>())
+                            ? forward_impl<float>(xa, h0, c0, w_ih, w_hh, bias, dt)
+                            : forward_impl<double>(xa, h0, c0, w_ih, w_hh, bias, dt);
+        if (!need_y) out = py::make_tuple(py::none(), out[1], out[2], out[3]);
+        return out;
+      },
+      py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
+      py::arg("bias"), py::arg("reuse") = py::none(), py::arg("need_y") = true);
+  m.def(
+      "backward",
+      [](const CudaForwardContext& c, const py::object& dy, const py::object& dh_n,
+         const py::object& dc_n, bool need_dx) {
+        if (c.dtype.equal(py::dtype::of<float>())) {
+          return backward_impl<float>(c, dy, dh_n, dc_n, need_dx);
+        }
+        return backward_impl<double>(c, dy, dh_n, dc_n, need_dx);
+      },
+      py::arg("ctx"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("need_dx") = true);
+
+  lstmcore::cuda::bind_trainer(m);
+}
+
+namespace lstmcore::cuda {
+
+namespace {
+
+template <typename T>
+py::array_t<T> require_exact(const py::object& obj, const char* name, const Shape& shape) {
+  return py::reinterpret_borrow<py::array_t<T>>(require(obj, name, shape, py::dtype::of<T>()));
+}
+
+}  // namespace
+
+void bind_trainer(py::module_& m) {
+  py::class_<Trainer>(m, "Trainer", "Device-resident training of the sequence classifier.")
+      .def(py::init([](const py::object& images, const py::object& labels,
+                       const py::object& params, std::int64_t hidden, std::int64_t classes,
+                       std::int64_t max_batch, const std::string& optimizer, float momentum,
+                       float weight_decay, float beta1, float beta2, float eps, float clip,
+                       bool tf32) {
+             if (!py::isinstance<py::array>(images) ||
+                 py::reinterpret_borrow<py::array>(images).ndim() != 3) {
+               throw std::invalid_argument("images: expected (N, T, I) float32, got " +
+                                           describe(images));
+             }
+             auto im = py::reinterpret_borrow<py::array>(images);
+             TrainerConfig cfg;
+             const std::int64_t count = im.shape(0);
+             cfg.steps = im.shape(1);
+             cfg.input_size = im.shape(2);
+             cfg.hidden = hidden;
+             cfg.classes = classes;
+             cfg.max_batch = max_batch;
+             cfg.optimizer = optimizer;
+             cfg.momentum = momentum;
+             cfg.weight_decay = weight_decay;
+             cfg.beta1 = beta1;
+             cfg.beta2 = beta2;
+             cfg.eps = eps;
+             cfg.clip = clip;
+             cfg.tf32 = tf32;
+             const std::int64_t P = 4 * hidden * (cfg.input_size + hidden + 1) +
+                                    classes * (hidden + 1);
+             auto im_ok = require_exact<float>(images, "images",
+                                               {count, cfg.steps, cfg.input_size});
+             auto lab_ok = require_exact<std::int32_t>(labels, "labels", {count});
+             auto par_ok = require_exact<float>(params, "params", {P});
+             const std::int32_t* lab = lab_ok.data();
+             for (std::int64_t k = 0; k < count; ++k) {
+               if (lab[k] < 0 || lab[k] >= classes) {
+                 throw std::invalid_argument("labels: value " + std::to_string(lab[k]) +
+                                             " outside [0, classes)");
+               }
+             }
+             py::gil_scoped_release nogil;
+             return std::make_unique<Trainer>(cfg, im_ok.data(), lab, count, par_ok.data());
+           }),
+           py::arg("images"), py::arg("labels"), py::arg("params"), py::arg("hidden"),
+           py::arg("classes"), py::arg("max_batch"), py::arg("optimizer"), py::arg("momentum"),
+           py::arg("weight_decay"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+           py::arg("clip"), py::arg("tf32") = false)
+      .def_property_readonly("param_count", &Trainer::param_count)
+      .def(
+          "step",
+          [](Trainer& t, const py::object& indices, float lr) {
+            if (!py::isinstance<py::array>(indices) ||
+                py::reinterpret_borrow<py::array>(indices).ndim() != 1) {
+              throw std::invalid_argument("indices: expected (B,) int32, got " +
+                                          describe(indices));
+            }
+            const std::int64_t batch = py::reinterpret_borrow<py::array>(indices).shape(0);
+            auto idx = require_exact<std::int32_t>(indices, "indices", {batch});
+            const std::int32_t* p = idx.data();
+            StepResult r;
+            {
+              py::gil_scoped_release nogil;
+              r = t.step(p, batch, lr);
+            }
+            return py::make_tuple(r.loss, r.correct, r.grad_norm, r.applied);
+          },
+          py::arg("indices"), py::arg("lr"),
+          "one step; returns (mean loss, correct, grad norm, applied)")
+      .def(
+          "predict",
+          [](Trainer& t, const py::object& images) {
+            if (!py::isinstance<py::array>(images) ||
+                py::reinterpret_borrow<py::array>(images).ndim() != 3) {
+              throw std::invalid_argument("images: expected (N, T, I) float32, got " +
+                                          describe(images));
+            }
+            auto im = py::reinterpret_borrow<py::array>(images);
+            const std::int64_t count = im.shape(0);
+            auto ok = require_exact<float>(images, "images", {count, im.shape(1), im.shape(2)});
+            py::array_t<std::int32_t> out(count);
+            const float* src = ok.data();
+            std::int32_t* dst = out.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              t.predict(src, count, dst);
+            }
+            return out;
+          },
+          py::arg("images"))
+      .def("get_params",
+           [](const Trainer& t) {
+             py::array_t<float> out(t.param_count());
+             t.get_params(out.mutable_data());
+             return out;
+           })
+      .def("set_params",
+           [](Trainer& t, const py::object& params) {
+             auto ok = require_exact<float>(params, "params", {t.param_count()});
+             t.set_params(ok.data());
+           })
+      .def("get_state",
+           [](const Trainer& t) {
+             py::array_t<float> mm(t.param_count()), vv(t.param_count());
+             std::int64_t step = 0;
+             t.get_state(mm.mutable_data(), vv.mutable_data(), &step);
+             return py::make_tuple(mm, vv, step);
+           })
+      .def("set_state", [](Trainer& t, const py::object& mm, const py::object& vv,
+                           std::int64_t step) {
+        auto m_ok = require_exact<float>(mm, "m", {t.param_count()});
+        auto v_ok = require_exact<float>(vv, "v", {t.param_count()});
+        t.set_state(m_ok.data(), v_ok.data(), step);
+      });
+}
+
+}  // namespace lstmcore::cuda

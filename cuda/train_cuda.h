@@ -1,0 +1,53 @@
+// train_cuda.h: device-resident training of the sequence classifier (LSTM -> Linear -> softmax
+// cross-entropy) with SGD or Adam/AdamW and gradient-norm clipping, by the same rules as
+// lstmcore.optim. The training set is uploaded once; per step only the batch's indices go up
+// and the loss and correct-count come back. Parameters live in one flat float buffer laid out
+// as lstm.w_ih (4H, I), lstm.w_hh (4H, H), lstm.bias (4H), head.weight (C, H), head.bias (C).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "lstm_cuda.h"
+
+namespace lstmcore::cuda {
+
+struct TrainerConfig {
+  std::int64_t steps = 28, input_size = 28, hidden = 128, classes = 10, max_batch = 128;
+  std::string optimizer = "adam";  // adam, adamw or sgd
+  float momentum = 0.0f, weight_decay = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  float clip = 0.0f;  // 0: no clipping
+  bool tf32 = false;
+};
+
+struct StepResult {
+  double loss = 0.0;         // mean over the batch
+  std::int64_t correct = 0;  // argmax == label
+  double grad_norm = 0.0;    // before clipping
+  bool applied = false;      // false when loss or gradients were not finite: nothing changed
+};
+
+class Trainer {
+ public:
+  Trainer(const TrainerConfig& cfg, const float* images, const std::int32_t* labels,
+          std::int64_t count, const float* params);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  std::int64_t param_count() const;
+  StepResult step(const std::int32_t* indices, std::int64_t batch, float lr);
+  void predict(const float* images, std::int64_t count, std::int32_t* out);
+  void get_params(float* host) const;
+  void set_params(const float* host);
+  // m: Adam's first moment or SGD's momentum buffer; v: Adam's second moment
+  void get_state(float* m, float* v, std::int64_t* step) const;
+  void set_state(const float* m, const float* v, std::int64_t step);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lstmcore::cuda

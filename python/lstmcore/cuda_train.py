@@ -1,0 +1,118 @@
+"""Training on the GPU: the whole step (gather, forward, loss, backward, clipping, optimizer)
+runs in ``lstmcore._cuda.Trainer`` with everything resident on the device. The host model and
+optimizer are brought up to date only when a checkpoint is written (``pull``) and written to
+the device on start and resume (``push``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lstmcore import cuda, optim
+from lstmcore.nn import SequenceClassifier
+
+Array = NDArray[Any]
+
+
+class CudaSession:
+    def __init__(
+        self,
+        model: SequenceClassifier,
+        opt: optim.Optimizer,
+        images: Array,
+        labels: Array,
+        *,
+        max_batch: int,
+        clip: float,
+        tf32: bool = False,
+    ) -> None:
+        module = cuda.require()
+        if model.dtype != np.float32:
+            raise ValueError("the CUDA trainer runs in float32")
+        self.names = list(model.params)
+        self.sizes = [model.params[n].size for n in self.names]
+        if isinstance(opt, optim.Adam):
+            kind = "adamw" if opt.decoupled else "adam"
+            beta1, beta2, eps, momentum = opt.betas[0], opt.betas[1], opt.eps, 0.0
+        elif isinstance(opt, optim.SGD):
+            if opt.nesterov or opt.dampening != 0.0:
+                raise ValueError("the CUDA trainer's SGD has no Nesterov or dampening")
+            kind, beta1, beta2, eps, momentum = "sgd", 0.9, 0.999, 1e-8, opt.momentum
+        else:
+            raise ValueError(f"the CUDA trainer cannot run {type(opt).__name__}")
+        self.kind = kind
+        config = model.config
+        self.trainer = module.Trainer(
+            np.ascontiguousarray(images, dtype=np.float32),
+            np.ascontiguousarray(labels, dtype=np.int32),
+            self._flat(model.params),
+            config["hidden_size"],
+            config["num_classes"],
+            max_batch,
+            kind,
+            momentum,
+            opt.weight_decay,
+            beta1,
+            beta2,
+            eps,
+            clip,
+            tf32,
+        )
+
+    def _flat(self, arrays: dict[str, Array]) -> Array:
+        return np.concatenate([arrays[n].ravel() for n in self.names]).astype(np.float32)
+
+    def _split(self, flat: Array) -> dict[str, Array]:
+        out, start = {}, 0
+        for name, size in zip(self.names, self.sizes, strict=True):
+            out[name] = flat[start : start + size]
+            start += size
+        return out
+
+    def step(self, indices: Array, lr: float) -> tuple[float, int, bool]:
+        """One training step on the batch ``indices``; (mean loss, correct, applied)."""
+        loss, correct, _, applied = self.trainer.step(
+            np.ascontiguousarray(indices, dtype=np.int32), lr
+        )
+        return float(loss), int(correct), bool(applied)
+
+    def predict(self, images: Array) -> NDArray[np.int64]:
+        return np.asarray(
+            self.trainer.predict(np.ascontiguousarray(images, dtype=np.float32)), dtype=np.int64
+        )
+
+    def pull(self, model: SequenceClassifier, opt: optim.Optimizer) -> None:
+        """Device parameters and optimizer state into the host model and optimizer."""
+        params = self._split(self.trainer.get_params())
+        for name, value in params.items():
+            model.params[name][...] = value.reshape(model.params[name].shape)
+        m, v, step = self.trainer.get_state()
+        m_by, v_by = self._split(m), self._split(v)
+        state: dict[str, Array] = {}
+        for name in self.names:
+            shape = model.params[name].shape
+            if self.kind == "sgd":
+                if step > 0 and isinstance(opt, optim.SGD) and opt.momentum != 0.0:
+                    state[f"momentum:{name}"] = m_by[name].reshape(shape).copy()
+            else:
+                state[f"exp_avg:{name}"] = m_by[name].reshape(shape).copy()
+                state[f"exp_avg_sq:{name}"] = v_by[name].reshape(shape).copy()
+        if self.kind != "sgd":
+            state["step"] = np.asarray(step, dtype=np.int64)
+        opt.load_state_dict(state)
+
+    def push(self, model: SequenceClassifier, opt: optim.Optimizer) -> None:
+        """The host model and optimizer state onto the device (start and resume)."""
+        self.trainer.set_params(self._flat(model.params))
+        zeros = {n: np.zeros_like(model.params[n]) for n in self.names}
+        if self.kind == "sgd":
+            m = {n: opt.state.get(f"momentum:{n}", zeros[n]) for n in self.names}
+            step = 1 if any(f"momentum:{n}" in opt.state for n in self.names) else 0
+            v = zeros
+        else:
+            m = {n: opt.state.get(f"exp_avg:{n}", zeros[n]) for n in self.names}
+            v = {n: opt.state.get(f"exp_avg_sq:{n}", zeros[n]) for n in self.names}
+            step = int(opt.state.get("step", 0))
+        self.trainer.set_state(self._flat(m), self._flat(v), step)

@@ -1,0 +1,261 @@
+"""Faults: divergence, NaN data, SIGKILL at random moments, a full or read-only disk, memory
+growth over long runs, and concurrent training in two Python threads."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lstmcore import checkpoint, optim, train
+from lstmcore.nn import SequenceClassifier
+
+SMALL = [
+    "--train-subset",
+    "600",
+    "--val-size",
+    "200",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "40",
+    "--threads",
+    "1",
+    "--quiet",
+]
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lstmcore.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_complete(path: Path, like: SequenceClassifier) -> dict[str, Any]:
+    """The checkpoint loads and holds a full, finite model; returns its metadata."""
+    params, _, meta, _ = checkpoint.load(path)
+    checkpoint.validate_params(path, params, like.params)
+    return meta
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoints(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = cli(*SMALL, "--epochs", "3", "--lr", "100", "--clip", "0", "--out", str(run))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: step "), done.stderr
+    assert "diverging" in lines[0] or "not finite" in lines[0] or "loss is" in lines[0]
+    model = SequenceClassifier(hidden_size=16)
+    for name in ("last.npz", "best.npz"):
+        if (run / name).exists():  # written only if an epoch ended before the divergence
+            assert_complete(run / name, model)
+
+
+def write_float_dataset(directory: Path, with_nan: bool) -> None:
+    rng = np.random.default_rng(5)
+    images = rng.random((60, 28, 28)).astype(">f4")
+    if with_nan:
+        images[7, 3, 3] = np.nan
+    labels = rng.integers(0, 10, 60).astype(np.uint8)
+    for prefix in ("train", "t10k"):
+        for name, array, code in (
+            (f"{prefix}-images-idx3-ubyte", images, 0x0D),
+            (f"{prefix}-labels-idx1-ubyte", labels, 0x08),
+        ):
+            header = bytes([0, 0, code, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+            (directory / f"{name}.gz").write_bytes(gzip.compress(header + array.tobytes()))
+
+
+def test_nan_in_the_data_stops_naming_the_step(tmp_path: Path) -> None:
+    write_float_dataset(tmp_path, with_nan=True)
+    done = cli(
+        "--data-dir",
+        str(tmp_path),
+        "--val-size",
+        "10",
+        "--batch-size",
+        "10",
+        "--hidden",
+        "8",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert done.returncode == 1
+    assert re.fullmatch(r"error: step \d+: loss is nan; .*\n", done.stderr), done.stderr
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    write_float_dataset(clean, with_nan=False)
+    ok = cli(
+        "--data-dir",
+        str(clean),
+        "--val-size",
+        "10",
+        "--batch-size",
+        "10",
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run2"),
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: Path) -> None:
+    """>= 20 kills; after each, every checkpoint on disk is complete and --resume goes on."""
+    run = tmp_path / "run"
+    model = SequenceClassifier(hidden_size=16)
+    chooser = random.Random(1234)
+    kills, resumed_from = 0, []
+    args = [*SMALL, "--epochs", "400"]
+    while kills < 20:
+        started = (run / "last.npz").exists()
+        cmd = (
+            ["--resume", str(run), "--threads", "1", "--quiet"]
+            if started
+            else [*args, "--out", str(run)]
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lstmcore.train", *cmd],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(chooser.uniform(1.0, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (-signal.SIGKILL, 0), err
+        kills += proc.returncode == -signal.SIGKILL
+        for name in ("last.npz", "best.npz"):
+            if (run / name).exists():
+                meta = assert_complete(run / name, model)
+                if name == "last.npz":
+                    resumed_from.append(meta["progress"]["step"])
+        rows = (
+            [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+            if (run / "metrics.jsonl").exists()
+            else []
+        )
+        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    assert kills >= 20
+    assert len(resumed_from) >= 10 and resumed_from == sorted(resumed_from)
+    assert resumed_from[-1] > resumed_from[0]  # resuming made progress across the kills
+
+
+def interrupted_save(monkeypatch: pytest.MonkeyPatch, error: OSError) -> None:
+    """Makes the next checkpoint write fail midway, as a full disk would."""
+    real_savez = np.savez
+
+    def failing_savez(file: Any, **arrays: Any) -> None:
+        real_savez(file, **arrays)
+        file.truncate(100)
+        raise error
+
+    monkeypatch.setattr(checkpoint.np, "savez", failing_savez)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        PermissionError(errno.EROFS, "Read-only file system"),
+    ],
+    ids=["full", "read-only"],
+)
+def test_a_failed_save_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError
+) -> None:
+    model = SequenceClassifier(hidden_size=8)
+    path = tmp_path / "last.npz"
+    checkpoint.save(path, model.params, {}, {"model": model.config, "tag": "first"})
+    before = path.read_bytes()
+    interrupted_save(monkeypatch, error)
+    with pytest.raises(OSError, match=error.strerror):
+        checkpoint.save(path, model.params, {}, {"model": model.config, "tag": "second"})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.npz"]
+
+
+def test_the_trainer_reports_a_failed_save_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert train.main([*SMALL, "--epochs", "1", "--out", str(run)]) == 0
+    before = (run / "last.npz").read_bytes()
+    capsys.readouterr()
+    interrupted_save(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    assert train.main(["--resume", str(run), "--quiet"]) == 0  # already done: nothing to save
+    status = train.main([*SMALL, "--epochs", "1", "--out", str(tmp_path / "other")])
+    assert status == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0]
+    assert (run / "last.npz").read_bytes() == before
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_resident_memory_stays_flat_over_2000_steps() -> None:
+    """Bound: < 16 MiB growth from step 100 to step 2,000 (the buffers are reused)."""
+    model = SequenceClassifier(28, 32, 10, seed=3)
+    opt = optim.Adam(model.params, 1e-3)
+    rng = np.random.default_rng(3)
+    images = rng.random((32, 28, 28), dtype=np.float32)
+    labels = rng.integers(0, 10, 32)
+    at: dict[int, float] = {}
+    for step in range(1, 2001):
+        model.loss_and_grads(images, labels)
+        opt.step(model.grads)
+        if step in (100, 2000):
+            at[step] = resident_mib()
+    assert at[2000] - at[100] < 16.0, at
+
+
+def test_two_threads_training_two_models_match_sequential_training() -> None:
+    rng = np.random.default_rng(9)
+    batches = [
+        (rng.random((16, 28, 28), dtype=np.float32), rng.integers(0, 10, 16)) for _ in range(15)
+    ]
+
+    def run(seed: int) -> dict[str, np.ndarray]:
+        model = SequenceClassifier(28, 24, 10, seed=seed)
+        opt = optim.Adam(model.params, 1e-2)
+        for images, labels in batches:
+            model.loss_and_grads(images, labels)
+            opt.step(model.grads)
+        return {k: v.copy() for k, v in model.params.items()}
+
+    sequential = [run(1), run(2)]
+    concurrent: list[dict[str, np.ndarray]] = [{}, {}]
+    workers = [
+        threading.Thread(target=lambda k=k: concurrent.__setitem__(k, run(k + 1))) for k in range(2)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for seq, con in zip(sequential, concurrent, strict=True):
+        assert seq.keys() == con.keys()
+        for name in seq:
+            np.testing.assert_array_equal(seq[name], con[name])
