@@ -126,7 +126,7 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
     model = SequenceClassifier(hidden_size=16)
     chooser = random.Random(1234)
     kills, resumed_from = 0, []
-    args = [*SMALL, "--epochs", "400"]
+    args = [*SMALL, "--epochs", "100000"]  # never finishes within the test
     while kills < 20:
         started = (run / "last.npz").exists()
         cmd = (
@@ -155,7 +155,8 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
             if (run / "metrics.jsonl").exists()
             else []
         )
-        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+        epochs = [r["epoch"] for r in rows if "epoch" in r]
+        assert epochs == list(range(1, len(epochs) + 1))
     assert kills >= 20
     assert len(resumed_from) >= 10 and resumed_from == sorted(resumed_from)
     assert resumed_from[-1] > resumed_from[0]  # resuming made progress across the kills

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 __all__ = ["available", "require"]
@@ -18,10 +19,16 @@ def _load() -> tuple[ModuleType | None, str | None]:
     try:
         _cuda = importlib.import_module("lstmcore._cuda")
     except ImportError as err:
-        _reason = (
-            "lstmcore was built without CUDA (reinstall with LSTMCORE_CUDA=ON on a "
-            f"machine with nvcc and cuBLAS): {err}"
-        )
+        if any(Path(__file__).parent.glob("_cuda*.so")):
+            _reason = (
+                f"lstmcore._cuda is built but cannot load: {err} "
+                "(pip install 'lstmcore[cuda]' brings cuBLAS)"
+            )
+        else:
+            _reason = (
+                "lstmcore was built without CUDA (reinstall with LSTMCORE_CUDA=ON on a "
+                "machine with nvcc and cuBLAS)"
+            )
         return None, _reason
     count, why = _cuda.device_count()
     if count < 1:
