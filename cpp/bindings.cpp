@@ -14,64 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "boundary.h"
 #include "lstmcore/lstm.h"
 
 namespace py = pybind11;
 using lstmcore::Dims;
+using namespace lstmcore::boundary;  // NOLINT: Shape, require, describe, fail, ...
 
 namespace {
-
-using Shape = std::vector<std::int64_t>;
-
-std::string shape_str(const Shape& s) {
-  std::ostringstream o;
-  o << "(";
-  for (std::size_t k = 0; k < s.size(); ++k) o << (k ? ", " : "") << s[k];
-  o << (s.size() == 1 ? ",)" : ")");
-  return o.str();
-}
-
-Shape shape_of(const py::array& a) {
-  return Shape(a.shape(), a.shape() + a.ndim());
-}
-
-std::string dtype_str(const py::dtype& dt) { return py::str(dt).cast<std::string>(); }
-
-std::string describe(const py::handle& obj) {
-  if (obj.is_none()) return "None";
-  if (!py::isinstance<py::array>(obj)) return py::str(py::type::of(obj).attr("__name__"));
-  auto a = py::reinterpret_borrow<py::array>(obj);
-  return shape_str(shape_of(a)) + " " + dtype_str(a.dtype());
-}
-
-[[noreturn]] void fail(const char* name, const std::string& expected, const py::handle& got) {
-  throw std::invalid_argument(std::string(name) + ": expected " + expected + ", got " +
-                              describe(got));
-}
-
-// Checks one array argument against the exact dtype and shape; returns it.
-py::array require(const py::handle& obj, const char* name, const Shape& shape,
-                  const py::dtype& dt) {
-  const std::string expected = "shape " + shape_str(shape) + " " + dtype_str(dt);
-  if (!py::isinstance<py::array>(obj)) fail(name, "a numpy array", obj);
-  auto a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(dt) && !a.dtype().equal(dt)) fail(name, expected, obj);
-  if (shape_of(a) != shape) fail(name, expected, obj);
-  if (!(a.flags() & py::array::c_style)) {
-    throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array");
-  }
-  if (!a.attr("flags").attr("aligned").cast<bool>()) {
-    throw std::invalid_argument(std::string(name) + ": expected an aligned array");
-  }
-  return a;
-}
-
-template <typename S>
-const S* data_or_null(const py::object& obj, const char* name, const Shape& shape,
-                      const py::dtype& dt) {
-  if (obj.is_none()) return nullptr;
-  return static_cast<const S*>(require(obj, name, shape, dt).data());
-}
 
 template <typename S>
 S* mut(py::array& a) {

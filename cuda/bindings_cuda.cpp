@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "boundary.h"
 #include "check.h"
 #include "lstm_cuda.h"
 #include "train_cuda.h"
@@ -20,44 +21,9 @@
 namespace py = pybind11;
 using lstmcore::Dims;
 namespace lc = lstmcore::cuda;
+using namespace lstmcore::boundary;  // NOLINT: Shape, require, describe, ...
 
 namespace {
-
-using Shape = std::vector<std::int64_t>;
-
-std::string shape_str(const Shape& s) {
-  std::ostringstream o;
-  o << "(";
-  for (std::size_t k = 0; k < s.size(); ++k) o << (k ? ", " : "") << s[k];
-  o << (s.size() == 1 ? ",)" : ")");
-  return o.str();
-}
-
-Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
-
-std::string describe(const py::handle& obj) {
-  if (obj.is_none()) return "None";
-  if (!py::isinstance<py::array>(obj)) return py::str(py::type::of(obj).attr("__name__"));
-  auto a = py::reinterpret_borrow<py::array>(obj);
-  return shape_str(shape_of(a)) + " " + py::str(a.dtype()).cast<std::string>();
-}
-
-py::array require(const py::handle& obj, const char* name, const Shape& shape,
-                  const py::dtype& dt) {
-  const std::string expected =
-      "shape " + shape_str(shape) + " " + py::str(dt).cast<std::string>();
-  if (!py::isinstance<py::array>(obj) ||
-      !py::reinterpret_borrow<py::array>(obj).dtype().equal(dt) ||
-      shape_of(py::reinterpret_borrow<py::array>(obj)) != shape) {
-    throw std::invalid_argument(std::string(name) + ": expected " + expected + ", got " +
-                                describe(obj));
-  }
-  auto a = py::reinterpret_borrow<py::array>(obj);
-  if (!(a.flags() & py::array::c_style)) {
-    throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array");
-  }
-  return a;
-}
 
 std::mutex g_shared_mutex;
 

@@ -1,10 +1,12 @@
 """``python -m lstmcore.bench``: lstmcore against its peers, side by side in one run.
 
 Contenders (each skipped with a note when not importable): lstmcore, lstmcore.reference
-(NumPy), PyTorch's torch.nn.LSTM. The model is the same everywhere: one LSTM layer, a Linear
+(NumPy), PyTorch's torch.nn.LSTM and Keras 3 on JAX. The model is the same everywhere: one LSTM layer, a Linear
 layer to 10 classes, softmax cross-entropy; a *training step* is forward, backward and an Adam
-update, *inference* is the forward pass alone. Steps are interleaved (A B A B ...) so that
-machine noise hits every contender alike; warm-up steps are excluded; each row reports the
+update, *inference* is the forward pass alone. Steps are interleaved in short blocks
+(A A A B B B A A A ..., each block after one untimed step) so that machine noise hits every
+contender alike while no contender pays for another's still-spinning thread pool; warm-up steps
+are excluded; each row reports the
 median and interquartile range, samples/s, achieved GFLOP/s and the ratio against lstmcore.
 
 FLOP counts (multiply-adds count 2; C classes): training
@@ -199,15 +201,21 @@ def timed(fn: Step) -> float:
 
 
 def measure(
-    shape: Shape, kind: str, steps: dict[str, Step], repeats: int, warmup: int
+    steps: dict[str, Step], repeats: int, warmup: int, block: int
 ) -> dict[str, list[float]]:
+    """Interleaves the contenders in blocks (A x block, B x block, A x block, ...) until each has
+    ``repeats`` timed steps. The first step of every block is run but not timed: other
+    libraries' thread pools (OpenBLAS, OpenMP, XLA) keep spinning for a while after their own
+    step and would otherwise be charged to whoever runs next."""
     for fn in steps.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, fn in steps.items():  # interleaved: A B A B ...
-            times[name].append(timed(fn))
+    while any(len(t) < repeats for t in times.values()):
+        for name, fn in steps.items():
+            fn()  # absorbs the previous contender's spinning threads
+            for _ in range(min(block, repeats - len(times[name]))):
+                times[name].append(timed(fn))
     return times
 
 
@@ -285,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         help="timed steps per contender (default: per shape, >= 30 for all but pixel-mnist)",
     )
     parser.add_argument(
+        "--block",
+        type=int,
+        default=3,
+        help="timed steps per contender before switching to the next (after one untimed step)",
+    )
+    parser.add_argument(
         "--no-reference",
         action="store_true",
         help="skip the NumPy reference (slow at large shapes)",
@@ -318,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             built = {name: make(shape, rng) for name, make in found.items()}
             for k, kind in enumerate(("train", "infer")):
                 steps = {name: pair[k] for name, pair in built.items()}
-                times = measure(shape, kind, steps, repeats, warmup=2)
+                times = measure(steps, repeats, warmup=2, block=args.block)
                 rows.extend(summarise(shape, kind, threads, times, ceilings[threads]))
             print(f"  measured {shape.name} with {threads} thread(s)", file=sys.stderr)
     for note in notes:

@@ -364,19 +364,10 @@ class CudaStepper:
     def step(self, idx: Array, lr: float) -> tuple[float, int, str | None]:
         self.opt.lr = lr
         loss, correct, applied = self.session.step(idx, lr)
-        if not applied:
-            return (
-                loss,
-                correct,
-                f"loss is {loss}" if not math.isfinite(loss) else "a gradient is not finite",
-            )
-        if loss > self.cfg.max_loss:
-            return (
-                loss,
-                correct,
-                f"loss {loss:.4g} exceeds --max-loss {self.cfg.max_loss:g} (diverging)",
-            )
-        return loss, correct, None
+        # the device skips a non-finite update itself; name what was not finite
+        if not applied and math.isfinite(loss):
+            return loss, correct, "a gradient is not finite"
+        return loss, correct, divergence(loss, {}, self.cfg.max_loss)
 
     def sync(self) -> None:
         self.session.pull(self.model, self.opt)
