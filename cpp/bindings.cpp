@@ -192,6 +192,51 @@ py::tuple backward(ForwardContext& ctx, const py::object& dy, const py::object& 
   return backward_impl<double>(ctx, dy, dh_n, dc_n, need_dx);
 }
 
+// C = op(A) op(B) through the core's BLAS (single-threaded in the calling thread): the small
+// GEMMs of the layers around the LSTM, kept off numpy's BLAS, whose idle threads would spin on
+// the cores our own threads need.
+template <typename S>
+py::array matmul_impl(const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
+  const std::int64_t M = trans_a ? a.shape(1) : a.shape(0);
+  const std::int64_t K = trans_a ? a.shape(0) : a.shape(1);
+  const std::int64_t N = trans_b ? b.shape(0) : b.shape(1);
+  const std::int64_t Kb = trans_b ? b.shape(1) : b.shape(0);
+  if (K != Kb) {
+    throw std::invalid_argument("b: inner dimension " + std::to_string(Kb) +
+                                " does not match a's " + std::to_string(K));
+  }
+  lstmcore::check_matmul(M, N, K);
+  py::array c = empty({M, N}, a.dtype());
+  const S* ap = static_cast<const S*>(a.data());
+  const S* bp = static_cast<const S*>(b.data());
+  S* cp = mut<S>(c);
+  const std::int64_t lda = a.shape(1), ldb = b.shape(1);
+  {
+    py::gil_scoped_release nogil;
+    lstmcore::matmul<S>(cp, ap, bp, M, N, K, lda, ldb, trans_a, trans_b);
+  }
+  return c;
+}
+
+py::array matmul(const py::object& a_obj, const py::object& b_obj, bool trans_a, bool trans_b) {
+  if (!py::isinstance<py::array>(a_obj) || py::reinterpret_borrow<py::array>(a_obj).ndim() != 2) {
+    fail("a", "a 2-d numpy array", a_obj);
+  }
+  auto a0 = py::reinterpret_borrow<py::array>(a_obj);
+  const py::dtype dt = a0.dtype();
+  if (!dt.equal(py::dtype::of<float>()) && !dt.equal(py::dtype::of<double>())) {
+    fail("a", "dtype float32 or float64", a_obj);
+  }
+  if (!py::isinstance<py::array>(b_obj) || py::reinterpret_borrow<py::array>(b_obj).ndim() != 2) {
+    fail("b", "a 2-d numpy array", b_obj);
+  }
+  auto b0 = py::reinterpret_borrow<py::array>(b_obj);
+  auto a = require(a_obj, "a", shape_of(a0), dt);
+  auto b = require(b_obj, "b", shape_of(b0), dt);
+  if (dt.equal(py::dtype::of<float>())) return matmul_impl<float>(a, b, trans_a, trans_b);
+  return matmul_impl<double>(a, b, trans_a, trans_b);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -221,6 +266,8 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"),
       "ValueError unless every buffer of these sizes fits the core's 32-bit BLAS sizes");
+  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false, "op(a) @ op(b) through the core's BLAS");
   m.def("set_num_threads", &lstmcore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &lstmcore::get_num_threads);
   m.def("blas_core_name", &lstmcore::blas_core_name);

@@ -333,3 +333,28 @@ def test_two_python_threads_match_sequential_runs(rng: np.random.Generator) -> N
         assert len(con) == len(seq)
         for a, b in zip(seq, con, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    ("trans_a", "trans_b"), [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_matmul_matches_numpy(
+    rng: np.random.Generator, dtype: Any, trans_a: bool, trans_b: bool
+) -> None:
+    a = rng.standard_normal((7, 5) if not trans_a else (5, 7)).astype(dtype)
+    b = rng.standard_normal((5, 3) if not trans_b else (3, 5)).astype(dtype)
+    want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    got = ops.matmul(np.asfortranarray(a), b, trans_a=trans_a, trans_b=trans_b)
+    assert got.dtype == dtype and got.shape == (7, 3)
+    assert rel_err(got, want) <= TOL[dtype]
+
+
+def test_matmul_rejects_bad_arguments(rng: np.random.Generator) -> None:
+    a = rng.standard_normal((4, 3))
+    with pytest.raises(ValueError, match="b: inner dimension 4 does not match a's 3"):
+        ops.matmul(a, rng.standard_normal((4, 2)))
+    with pytest.raises(ValueError, match="differs from a's float64"):
+        ops.matmul(a, rng.standard_normal((3, 2)).astype(np.float32))
+    with pytest.raises(ValueError, match="a: expected a 2-d numpy array"):
+        ops.matmul(a[0], a)

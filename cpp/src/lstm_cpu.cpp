@@ -231,6 +231,20 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
   }
 }
 
+void check_matmul(std::int64_t M, std::int64_t N, std::int64_t K) {
+  if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("matmul: negative size");
+  checked_mul(M, K, "a");
+  checked_mul(K, N, "b");
+  checked_mul(M, N, "the product");
+}
+
+template <typename S>
+void matmul(S* c, const S* a, const S* b, std::int64_t M, std::int64_t N, std::int64_t K,
+            std::int64_t lda, std::int64_t ldb, bool trans_a, bool trans_b) {
+  check_matmul(M, N, K);
+  blas::gemm<S>(trans_a, trans_b, M, N, K, S(1), a, lda, b, ldb, S(0), c, N);
+}
+
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
   g_threads.store(n);
@@ -245,6 +259,10 @@ int get_num_threads() {
 
 const char* blas_core_name() { return blas::core_name(); }
 
+template void matmul<float>(float*, const float*, const float*, std::int64_t, std::int64_t,
+                            std::int64_t, std::int64_t, std::int64_t, bool, bool);
+template void matmul<double>(double*, const double*, const double*, std::int64_t, std::int64_t,
+                             std::int64_t, std::int64_t, std::int64_t, bool, bool);
 template void lstm_forward<float>(const LstmCache<float>&, const float*, const float*,
                                   const float*, const float*, const float*, const float*,
                                   const Dims&);

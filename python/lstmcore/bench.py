@@ -1,13 +1,13 @@
 """``python -m lstmcore.bench``: lstmcore against its peers, side by side in one run.
 
 Contenders (each skipped with a note when not importable): lstmcore, lstmcore.reference
-(NumPy), PyTorch's torch.nn.LSTM and Keras 3 on JAX. The model is the same everywhere: one LSTM layer, a Linear
-layer to 10 classes, softmax cross-entropy; a *training step* is forward, backward and an Adam
-update, *inference* is the forward pass alone. Steps are interleaved in short blocks
-(A A A B B B A A A ..., each block after one untimed step) so that machine noise hits every
-contender alike while no contender pays for another's still-spinning thread pool; warm-up steps
-are excluded; each row reports the
-median and interquartile range, samples/s, achieved GFLOP/s and the ratio against lstmcore.
+(NumPy), PyTorch's torch.nn.LSTM and Keras 3 on JAX. The model is the same everywhere: one
+LSTM layer, a Linear layer to 10 classes, softmax cross-entropy; a *training step* is forward,
+backward and an Adam update, *inference* is the forward pass alone. Steps are interleaved in
+short blocks (A A A B B B A A A ..., each block after one untimed step) so that machine noise
+hits every contender alike while no contender pays for another's still-spinning thread pool;
+warm-up steps are excluded; each row reports the median and interquartile range, samples/s,
+achieved GFLOP/s and the ratio against lstmcore.
 
 FLOP counts (multiply-adds count 2; C classes): training
 ``2*B*T*4H*(2I + 3H) + 6*B*H*C`` (input, recurrent and both weight-gradient GEMMs, dh GEMM; dx

@@ -122,14 +122,15 @@ class Linear:
 
     def forward(self, x: Array) -> Array:
         self._x = x
-        out: Array = x @ self.params["weight"].T + self.params["bias"]
+        out: Array = ops.matmul(x, self.params["weight"], trans_b=True) + self.params["bias"]
         return out
 
     def backward(self, dy: Array) -> Array:
         if self._x is None:
             raise RuntimeError("Linear.backward called before forward")
-        self.grads = {"weight": dy.T @ self._x, "bias": dy.sum(axis=0)}
-        return dy @ self.params["weight"]
+        self.grads = {"weight": ops.matmul(dy, self._x, trans_a=True), "bias": dy.sum(axis=0)}
+        dx: Array = ops.matmul(dy, self.params["weight"])
+        return dx
 
 
 def softmax_cross_entropy(logits: Array, labels: NDArray[np.integer[Any]]) -> tuple[float, Array]:
@@ -178,6 +179,7 @@ class SequenceClassifier:
         )
         self.head = Linear(hidden_size, num_classes, dtype=dtype, rng=rng)
         self.dtype = np.dtype(dtype)
+        self._infer_ctx: ops.LstmContext | None = None  # inference's reusable buffers
 
     @property
     def params(self) -> dict[str, Array]:
@@ -201,8 +203,9 @@ class SequenceClassifier:
         return np.ascontiguousarray(images.transpose(1, 0, 2), dtype=self.dtype)
 
     def logits(self, images: Array) -> Array:
+        """Inference: no gradients; the forward buffers are reused from call to call."""
         p = self.lstm.params
-        _, h_n, _, _ = ops.lstm_forward(
+        _, h_n, _, self._infer_ctx = ops.lstm_forward(
             self._time_major(images),
             None,
             None,
@@ -210,6 +213,7 @@ class SequenceClassifier:
             p["w_hh"],
             p["bias"],
             device=self.lstm.device,
+            reuse=self._infer_ctx,
             need_y=False,
         )
         return self.head.forward(h_n)

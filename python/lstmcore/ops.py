@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from lstmcore._native import core as _core
 
-__all__ = ["LstmContext", "lstm_backward", "lstm_forward"]
+__all__ = ["LstmContext", "lstm_backward", "lstm_forward", "matmul"]
 
 _FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _DEVICES = ("cpu", "cuda")
@@ -159,3 +159,16 @@ def lstm_backward(
     grads_out: tuple[Any, ...] = backend.backward(ctx.native, need_dx=need_dx, **arrays)
     dx, dh0, dc0, dw_ih, dw_hh, dbias = grads_out
     return dx, dh0, dc0, dw_ih, dw_hh, dbias
+
+
+def matmul(
+    a: NDArray[Any], b: NDArray[Any], *, trans_a: bool = False, trans_b: bool = False
+) -> NDArray[Any]:
+    """``op(a) @ op(b)`` for 2-d float32/float64 arrays through the core's BLAS, in the calling
+    thread. The layers around the LSTM use it so that numpy's BLAS threads, which keep spinning
+    after each call, never compete with the core's threads for the cores."""
+    _common_dtype({"a": a, "b": b})  # one float dtype, or ValueError naming the argument
+    out: NDArray[Any] = _core.matmul(
+        np.ascontiguousarray(a), np.ascontiguousarray(b), trans_a, trans_b
+    )
+    return out

@@ -80,6 +80,15 @@ void lstm_backward(const LstmGrads<S>& grads,
                    const S* dc_n,  // (B, H) or null
                    const Dims& d);
 
+// C (M, N) = op(A) op(B), row-major, in the calling thread (A is (M, K) or, transposed, (K, M)
+// with leading dimension lda; likewise B). For the small GEMMs around the LSTM.
+template <typename S>
+void matmul(S* c, const S* a, const S* b, std::int64_t M, std::int64_t N, std::int64_t K,
+            std::int64_t lda, std::int64_t ldb, bool trans_a, bool trans_b);
+
+// Throws std::invalid_argument unless an (M, K) x (K, N) product fits the 32-bit BLAS sizes.
+void check_matmul(std::int64_t M, std::int64_t N, std::int64_t K);
+
 // Threads used by the core: BLAS and its own loops. n >= 1.
 void set_num_threads(int n);
 int get_num_threads();
