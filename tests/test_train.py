@@ -30,7 +30,7 @@ QUICK = [
     "1",
     "--quiet",
 ]
-TIMING_KEYS = {"seconds", "epoch_seconds", "samples_per_s"}
+TIMING_KEYS = {"seconds", "epoch_seconds", "samples_per_s", "peak_rss_mb"}  # measurements
 
 
 def cli(

@@ -339,6 +339,9 @@ class CpuStepper:
     def sync(self) -> None:
         """Nothing to do: the host arrays are the state."""
 
+    def predict(self, images: Array) -> NDArray[np.int64]:
+        return self.model.predict(images)
+
 
 class CudaStepper:
     """One training step on the GPU (lstmcore.cuda_train); sync() brings the device state to
@@ -371,6 +374,10 @@ class CudaStepper:
 
     def sync(self) -> None:
         self.session.pull(self.model, self.opt)
+
+    def predict(self, images: Array) -> NDArray[np.int64]:
+        """Validation on the device, with the device's parameters."""
+        return self.session.predict(images)
 
 
 def make_stepper(
@@ -526,7 +533,7 @@ def train(args: argparse.Namespace) -> int:
                 bar.close()
             prog.seconds += time.perf_counter() - started
             stepper.sync()  # the host model and optimizer now hold the device's state
-            finish_epoch(run_dir, model, opt, cfg, prog, rng, val_x, val_y, say)
+            finish_epoch(run_dir, model, opt, cfg, prog, rng, val_x, val_y, say, stepper.predict)
             order = rng.permutation(len(train_x))
             prog.epoch_pos = 0
             save_state(run_dir / "last.npz", model, opt, cfg, prog, rng, order)
@@ -547,9 +554,10 @@ def finish_epoch(
     val_x: Array,
     val_y: Array,
     say: Any,
+    predict: Any,
 ) -> None:
     assert prog.history is not None
-    val_acc = float(np.mean(model.predict(val_x) == val_y)) if len(val_x) else float("nan")
+    val_acc = float(np.mean(predict(val_x) == val_y)) if len(val_x) else float("nan")
     prog.epoch += 1
     epoch_seconds = prog.seconds - (prog.history[-1]["seconds"] if prog.history else 0.0)
     row = {
