@@ -82,29 +82,10 @@ def write_float_dataset(directory: Path, with_nan: bool) -> None:
             (directory / f"{name}.gz").write_bytes(gzip.compress(header + array.tobytes()))
 
 
-def test_nan_in_the_data_stops_naming_the_step(tmp_path: Path) -> None:
-    write_float_dataset(tmp_path, with_nan=True)
-    done = cli(
+def train_on(directory: Path, run: Path) -> subprocess.CompletedProcess[str]:
+    return cli(
         "--data-dir",
-        str(tmp_path),
-        "--val-size",
-        "10",
-        "--batch-size",
-        "10",
-        "--hidden",
-        "8",
-        "--quiet",
-        "--out",
-        str(tmp_path / "run"),
-    )
-    assert done.returncode == 1
-    assert re.fullmatch(r"error: step \d+: loss is nan; .*\n", done.stderr), done.stderr
-    clean = tmp_path / "clean"
-    clean.mkdir()
-    write_float_dataset(clean, with_nan=False)
-    ok = cli(
-        "--data-dir",
-        str(clean),
+        str(directory),
         "--val-size",
         "10",
         "--batch-size",
@@ -115,8 +96,19 @@ def test_nan_in_the_data_stops_naming_the_step(tmp_path: Path) -> None:
         "1",
         "--quiet",
         "--out",
-        str(tmp_path / "run2"),
+        str(run),
     )
+
+
+def test_nan_in_the_data_stops_naming_the_step(tmp_path: Path) -> None:
+    write_float_dataset(tmp_path, with_nan=True)
+    done = train_on(tmp_path, tmp_path / "run")
+    assert done.returncode == 1
+    assert re.fullmatch(r"error: step \d+: loss is nan; .*\n", done.stderr), done.stderr
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    write_float_dataset(clean, with_nan=False)
+    ok = train_on(clean, tmp_path / "run2")
     assert ok.returncode == 0, ok.stderr
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -16,34 +17,42 @@ from lstmcore import optim
 from lstmcore.cuda_train import CudaSession
 from lstmcore.nn import SequenceClassifier
 
-SHAPES = [("mnist-rows B128", 28, 128, 28, 128), ("mnist-rows B16", 28, 16, 28, 128),
-          ("mnist-rows B512", 28, 512, 28, 128), ("pixel-mnist B128", 784, 128, 1, 128)]
+SHAPES = [
+    ("mnist-rows B128", 28, 128, 28, 128),
+    ("mnist-rows B16", 28, 16, 28, 128),
+    ("mnist-rows B512", 28, 512, 28, 128),
+    ("pixel-mnist B128", 784, 128, 1, 128),
+]
 WARMUP, STEPS = 5, 30
 
 
-def median_ms(step: object) -> float:
+Step = Callable[[], object]
+
+
+def median_ms(step: Step) -> float:
     for _ in range(WARMUP):
-        step()  # type: ignore[operator]
+        step()
     times = []
     for _ in range(STEPS):
         start = time.perf_counter()
-        step()  # type: ignore[operator]
+        step()
         times.append(time.perf_counter() - start)
     return 1e3 * float(np.median(times))
 
 
-def lstmcore_step(T: int, B: int, I: int, H: int) -> object:  # noqa: E741, N803
+def lstmcore_step(T: int, B: int, I: int, H: int) -> Step:  # noqa: E741, N803
     rng = np.random.default_rng(0)
     images = rng.random((4 * B, T, I), dtype=np.float32)
     labels = rng.integers(0, 10, 4 * B)
     model = SequenceClassifier(I, H, 10, seed=0)
-    session = CudaSession(model, optim.Adam(model.params, 1e-3), images, labels, max_batch=B,
-                          clip=1.0)
+    session = CudaSession(
+        model, optim.Adam(model.params, 1e-3), images, labels, max_batch=B, clip=1.0
+    )
     idx = np.arange(B, dtype=np.int32)
     return lambda: session.step(idx, 1e-3)  # returns after the loss is back on the host
 
 
-def torch_step(T: int, B: int, I: int, H: int) -> object | None:  # noqa: E741, N803
+def torch_step(T: int, B: int, I: int, H: int) -> Step | None:  # noqa: E741, N803
     try:
         import torch
     except ImportError:

@@ -1,7 +1,7 @@
 """Checkpoints: one .npz of parameters, optimizer state and JSON metadata, written atomically.
 
-Saving writes a temporary file in the target's directory, fsyncs it, renames it over the target
-and fsyncs the directory: a reader sees the previous complete file or the new complete one.
+Saving goes through ``lstmcore._files.atomic_write``: a reader, or a process killed at any
+moment, sees the previous complete file or the new complete one.
 Loading uses ``allow_pickle=False`` and validates every key and shape against the model before
 anything is changed.
 """
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from lstmcore import _files
 
 Array = NDArray[Any]
 
@@ -39,47 +40,12 @@ def save(
     meta: dict[str, Any],
     extra: dict[str, Array] | None = None,
 ) -> None:
-    path = Path(path)
     arrays: dict[str, Array] = {f"{_PARAM}{k}": v for k, v in params.items()}
     arrays.update({f"{_OPTIM}{k}": v for k, v in optim_state.items()})
     arrays.update(extra or {})
     arrays[_META] = np.array(json.dumps({"format": _FORMAT, **meta}))
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
-    """Replaces a small text file so a reader never sees it half-written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-
-
-def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
-    """Deletes temporary files that an interrupted save (e.g. SIGKILL) left in ``directory``;
-    complete checkpoints are never touched. Returns what was removed."""
-    removed = []
-    for stale in [*Path(directory).glob(".*.npz.*.tmp"), *Path(directory).glob(".*.json*.tmp")]:
-        stale.unlink(missing_ok=True)
-        removed.append(stale)
-    return removed
+    with _files.atomic_write(path) as (out, _):
+        np.savez(out, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
 
 
 def load(
@@ -107,6 +73,16 @@ def load(
     optim = {k[len(_OPTIM) :]: v for k, v in arrays.items() if k.startswith(_OPTIM)}
     other = {k: v for k, v in arrays.items() if not k.startswith((_PARAM, _OPTIM))}
     return params, optim, meta, other
+
+
+def assign_params(
+    path: str | os.PathLike[str], loaded: dict[str, Array], target: dict[str, Array]
+) -> None:
+    """Copies ``loaded`` into the arrays of ``target`` after :func:`validate_params`: either
+    every parameter is replaced or, on CheckpointError, none is."""
+    validate_params(path, loaded, target)
+    for name, value in loaded.items():
+        target[name][...] = value
 
 
 def validate_params(

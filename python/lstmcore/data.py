@@ -15,7 +15,6 @@ import http.client
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +24,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
+
+from lstmcore import _files
 
 __all__ = [
     "MIRRORS",
@@ -247,18 +248,11 @@ def load_mnist(
 
 def _fetch(url: str, target: Path, expected: str, timeout: float) -> None:
     """Streams ``url`` to a temporary file beside ``target``, checks it, then renames it."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+    with _files.atomic_write(target) as (out, tmp):
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out, _CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        _verify(tmp, expected)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        out.flush()
+        _verify(tmp, expected)  # a mismatch abandons the temporary file
 
 
 def download(

@@ -27,9 +27,7 @@ def load_model(path: str) -> SequenceClassifier:
         )
     except (TypeError, ValueError) as err:
         raise checkpoint.CheckpointError(f"{path}: bad model description: {err}") from err
-    checkpoint.validate_params(path, params, model.params)
-    for name, value in params.items():
-        model.params[name][...] = value
+    checkpoint.assign_params(path, params, model.params)
     return model
 
 

@@ -53,17 +53,26 @@ class LSTM:
         }
         self.params["bias"][h : 2 * h] += dtype(forget_bias)
         self.grads: dict[str, Array] = {}
-        self._ctx: ops.LstmContext | None = None
+        self._ctx: ops.LstmContext | None = None  # kept for backward
+        self._infer_ctx: ops.LstmContext | None = None  # inference's buffers
 
     def forward(
-        self, x: Array, h0: Array | None = None, c0: Array | None = None, *, need_y: bool = True
+        self,
+        x: Array,
+        h0: Array | None = None,
+        c0: Array | None = None,
+        *,
+        need_y: bool = True,
+        for_backward: bool = True,
     ) -> tuple[Array | None, Array, Array]:
         """x: (T, B, I), or (B, T, I) with batch_first. Returns (y, h_n, c_n), y like x (None
-        with ``need_y=False``). The layer reuses its buffers from call to call."""
+        with ``need_y=False``). The layer reuses its buffers from call to call; with
+        ``for_backward=False`` (inference) the pass leaves what backward needs untouched."""
         if self.batch_first:
             x = x.transpose(1, 0, 2)
         p = self.params
-        y, h_n, c_n, self._ctx = ops.lstm_forward(
+        reuse = self._ctx if for_backward else self._infer_ctx
+        y, h_n, c_n, ctx = ops.lstm_forward(
             x,
             h0,
             c0,
@@ -71,9 +80,13 @@ class LSTM:
             p["w_hh"],
             p["bias"],
             device=self.device,
-            reuse=self._ctx,
+            reuse=reuse,
             need_y=need_y,
         )
+        if for_backward:
+            self._ctx = ctx
+        else:
+            self._infer_ctx = ctx
         if y is not None and self.batch_first:
             y = y.transpose(1, 0, 2)
         return y, h_n, c_n
@@ -179,7 +192,6 @@ class SequenceClassifier:
         )
         self.head = Linear(hidden_size, num_classes, dtype=dtype, rng=rng)
         self.dtype = np.dtype(dtype)
-        self._infer_ctx: ops.LstmContext | None = None  # inference's reusable buffers
 
     @property
     def params(self) -> dict[str, Array]:
@@ -203,19 +215,8 @@ class SequenceClassifier:
         return np.ascontiguousarray(images.transpose(1, 0, 2), dtype=self.dtype)
 
     def logits(self, images: Array) -> Array:
-        """Inference: no gradients; the forward buffers are reused from call to call."""
-        p = self.lstm.params
-        _, h_n, _, self._infer_ctx = ops.lstm_forward(
-            self._time_major(images),
-            None,
-            None,
-            p["w_ih"],
-            p["w_hh"],
-            p["bias"],
-            device=self.lstm.device,
-            reuse=self._infer_ctx,
-            need_y=False,
-        )
+        """Inference: no gradients; the training buffers are left alone."""
+        _, h_n, _ = self.lstm.forward(self._time_major(images), need_y=False, for_backward=False)
         return self.head.forward(h_n)
 
     def loss_and_grads(self, images: Array, labels: NDArray[np.integer[Any]]) -> tuple[float, int]:

@@ -88,7 +88,10 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
 
 
-def _cuda_module() -> Any:
+def _backend(device: str) -> Any:
+    """The compiled module that runs on ``device`` (the CUDA one is imported lazily)."""
+    if device == "cpu":
+        return _core
     from lstmcore import cuda
 
     return cuda.require()
@@ -114,16 +117,14 @@ def lstm_forward(
     A context serves one thread at a time.
     """
     _check_device(device)
-    if x is None:
-        raise ValueError("x: expected a numpy array, got None")
     args = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh, "bias": bias}
-    for name in ("w_ih", "w_hh", "bias"):
+    for name in ("x", "w_ih", "w_hh", "bias"):  # h0, c0 alone may be None
         if args[name] is None:
             raise ValueError(f"{name}: expected a numpy array, got None")
     dtype = _common_dtype(args)
     _check_sizes(x, w_hh)
     arrays = {name: _contiguous(value) for name, value in args.items()}
-    backend = _core if device == "cpu" else _cuda_module()
+    backend = _backend(device)
     old = reuse.native if reuse is not None and reuse.device == device else None
     y, h_n, c_n, native = backend.forward(**arrays, reuse=old, need_y=need_y)
     ctx = LstmContext(native=native, device=device, dtype=dtype, shape=tuple(native.shape))
@@ -155,7 +156,7 @@ def lstm_backward(
                 f"gradients: dtype {dtype} differs from the forward pass's {ctx.dtype}"
             )
     arrays = {name: _contiguous(value) for name, value in grads.items()}
-    backend = _core if ctx.device == "cpu" else _cuda_module()
+    backend = _backend(ctx.device)
     grads_out: tuple[Any, ...] = backend.backward(ctx.native, need_dx=need_dx, **arrays)
     dx, dh0, dc0, dw_ih, dw_hh, dbias = grads_out
     return dx, dh0, dc0, dw_ih, dw_hh, dbias

@@ -13,7 +13,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 import lstmcore
-from lstmcore import checkpoint, data, optim
+from lstmcore import _files, checkpoint, data, optim
 from lstmcore.nn import SequenceClassifier
 
 Array = NDArray[Any]
 
 EXIT_INTERRUPTED = 130
+RUN_FILES = ["config.json", "metrics.jsonl", "last.npz", "best.npz"]  # written atomically
 
 
 class TrainingError(RuntimeError):
@@ -213,7 +214,7 @@ class Progress:
     seen: int = 0
     seconds: float = 0.0  # training time so far, all sessions
     best_val: float = -1.0
-    history: list[dict[str, Any]] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def make_optimizer(cfg: Config, params: dict[str, Array]) -> optim.Optimizer:
@@ -253,17 +254,22 @@ def save_state(
 
 
 def restore_state(
-    path: Path, model: SequenceClassifier, opt: optim.Optimizer, rng: np.random.Generator
+    path: Path,
+    model: SequenceClassifier,
+    opt: optim.Optimizer,
+    rng: np.random.Generator,
+    train_size: int,
 ) -> tuple[Progress, Array]:
     """Loads last.npz into model, optimizer and rng; nothing changes unless all of it is valid."""
     params, opt_state, meta, other = checkpoint.load(path)
-    checkpoint.validate_params(path, params, model.params)
     try:
         prog = Progress(**meta["progress"])
         rng_state = meta["rng"]
         order = other["epoch_order"]
     except (KeyError, TypeError) as err:
         raise checkpoint.CheckpointError(f"{path}: incomplete metadata: {err}") from err
+    if len(order) != train_size:
+        raise checkpoint.CheckpointError(f"{path}: saved for another data set")
     trial = np.random.default_rng()
     try:
         trial.bit_generator.state = rng_state
@@ -273,8 +279,7 @@ def restore_state(
         opt.check_state(opt_state)
     except ValueError as err:
         raise checkpoint.CheckpointError(f"{path}: {err}") from err
-    for name, value in params.items():
-        model.params[name][...] = value
+    checkpoint.assign_params(path, params, model.params)  # validates first
     opt.load_state_dict(opt_state)
     rng.bit_generator.state = rng_state
     return prog, order
@@ -283,7 +288,7 @@ def restore_state(
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl, rewritten atomically from the history the checkpoint holds."""
     text = "".join(json.dumps(row) + "\n" for row in history)
-    checkpoint.write_text_atomically(run_dir / "metrics.jsonl", text)
+    _files.write_text(run_dir / "metrics.jsonl", text)
 
 
 # ---- evaluation --------------------------------------------------------------------------------
@@ -459,21 +464,16 @@ def train(args: argparse.Namespace) -> int:
     )
     opt = make_optimizer(cfg, model.params)
     rng = np.random.default_rng(cfg.seed + 1)
-    prog = Progress(history=[])
+    prog = Progress()
     order = rng.permutation(len(train_x))
     if args.resume:
-        prog, order = restore_state(run_dir / "last.npz", model, opt, rng)
-        if len(order) != len(train_x):
-            raise checkpoint.CheckpointError(f"{run_dir}/last.npz: saved for another data set")
+        prog, order = restore_state(run_dir / "last.npz", model, opt, rng, len(train_x))
         say(f"resumed {run_dir} at epoch {prog.epoch}, step {prog.step}")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_text_atomically(
-            run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n"
-        )
-    checkpoint.remove_stale_temporaries(run_dir)
+        _files.write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    _files.remove_stale_temporaries(run_dir, RUN_FILES)
     stepper = make_stepper(args.device, model, opt, cfg, train_x, train_y, args.tf32)
-    assert prog.history is not None
 
     interrupt = _Interrupt()
     previous_handler = signal.signal(signal.SIGINT, interrupt)
@@ -556,7 +556,6 @@ def finish_epoch(
     say: Any,
     predict: Any,
 ) -> None:
-    assert prog.history is not None
     val_acc = float(np.mean(predict(val_x) == val_y)) if len(val_x) else float("nan")
     prog.epoch += 1
     epoch_seconds = prog.seconds - (prog.history[-1]["seconds"] if prog.history else 0.0)
@@ -590,13 +589,10 @@ def finish_epoch(
 def report_test(
     run_dir: Path, model: SequenceClassifier, mnist: data.MnistData, prog: Progress, quiet: bool
 ) -> None:
-    assert prog.history is not None
     best = run_dir / "best.npz"
     if best.is_file():
         params, _, _, _ = checkpoint.load(best)
-        checkpoint.validate_params(best, params, model.params)
-        for name, value in params.items():
-            model.params[name][...] = value
+        checkpoint.assign_params(best, params, model.params)
     predicted = model.predict(mnist.test_images)
     correct = int((predicted == mnist.test_labels).sum())
     total = len(mnist.test_labels)
