@@ -36,6 +36,7 @@ from lstmcore import reference as ref
 from lstmcore.nn import Linear, SequenceClassifier, softmax_cross_entropy
 
 CLASSES = 10
+MAX_THREADS = 1024  # a typo such as --threads 20000 must not start 20000 threads
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,33 @@ def print_table(rows: list[dict[str, Any]], ceilings: dict[int, float]) -> None:
         )
 
 
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], else argparse's one `error:` line."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def check_json_path(parser: argparse.ArgumentParser, path: str | None) -> None:
+    """Before the work, not after minutes of it: the report's folder exists and is writable."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        parser.error(f"--json: {path} is a directory")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        parser.error(f"--json: cannot write into {folder} (missing or not writable)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lstmcore.bench",
@@ -278,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_at_least(1, MAX_THREADS),
         nargs="+",
         default=sorted({1, len(os.sched_getaffinity(0))}),
         help="thread counts to run (default: 1 and all cores)",
@@ -288,13 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="timed steps per contender (default: per shape, >= 30 for all but pixel-mnist)",
     )
     parser.add_argument(
         "--block",
-        type=int,
+        type=int_at_least(1),
         default=3,
         help="timed steps per contender before switching to the next (after one untimed step)",
     )
@@ -306,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
     parser.add_argument("--json", metavar="FILE", help="write every measurement here")
     args = parser.parse_args(argv)
-    if any(t < 1 for t in args.threads):
-        parser.error("--threads: counts must be >= 1")
+    check_json_path(parser, args.json)
     shapes = QUICK if args.quick else SHAPES
     if args.shapes:
         unknown = set(args.shapes) - {s.name for s in shapes}
