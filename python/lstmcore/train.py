@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--download",
         action="store_true",
-        help="fetch missing files of --data-dir into the cache ($LSTMCORE_DATA)",
+        help="fetch the published MNIST's missing files (verified) into --data-dir; without "
+        "--data-dir, into the cache directory ($LSTMCORE_DATA, else the platform's user cache)",
     )
     p.add_argument(
         "--out",
