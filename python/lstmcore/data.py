@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import os
 import shutil
 import sys
@@ -22,7 +23,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -94,20 +95,20 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("lstmcore", appauthor=False))
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     """The file's bytes, decompressed when it starts with the gzip magic."""
     with open(path, "rb") as probe:
         compressed = probe.read(2) == _GZIP_MAGIC
     if compressed:
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.GzipFile(path, "rb")
     return open(path, "rb")
 
 
-def _read_exact(stream: BinaryIO, size: int, path: Path, what: str) -> NDArray[np.uint8]:
+def _read_exact(stream: io.BufferedIOBase, size: int, path: Path, what: str) -> NDArray[np.uint8]:
     """Reads exactly ``size`` bytes into one buffer, in bounded chunks: the buffer's pages are
     touched only as real data arrives, so a header that lies costs no memory."""
     buf = np.empty(size, dtype=np.uint8)
-    view = memoryview(buf)
+    view = buf.data
     filled = 0
     while filled < size:
         got = stream.readinto(view[filled : filled + _CHUNK])
