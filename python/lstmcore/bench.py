@@ -42,8 +42,9 @@ FLOPs (a multiply-add counts 2; C = 10 classes): training 2*B*T*4H*(2I + 3H) + 6
 recurrent and both weight-gradient GEMMs, the dh GEMM; dx is not needed for the first layer),
 inference 2*T*B*4H*(I + H) + 2*B*H*C; varlen rows count the real work only (B*T replaced by
 the sum of the lengths), so a padded contender shows the cost of its padding. The floor is
-FLOPs over the sgemm rate of lstmcore's own BLAS ((2048)^3 through lstmcore's time_sgemm at
-the row's thread count); "of floor" = floor / median time, for every contender.
+FLOPs over the sgemm rate of lstmcore's own BLAS (a 2048^3 sgemm through lstmcore's time_sgemm
+at the row's thread count, the best of three medians of five); "of floor" = floor / median
+time, for every contender.
 
 The header names the CPU, the cores, lstmcore's ISA path and BLAS core, the libraries'
 versions and whether OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE were set (they change the BLAS
@@ -943,10 +944,12 @@ def selected(args: argparse.Namespace) -> tuple[list[Case], list[str], list[int]
 
 
 def sgemm_rates(threads_list: Sequence[int], n: int) -> dict[int, float]:
+    """The BLAS's (n, n) sgemm rate per thread count: the best of three medians of five, since
+    a floor should not fall because another process took the core for a moment."""
     rates = {}
     for threads in threads_list:
         lstmcore.set_num_threads(threads)
-        rates[threads] = 2.0 * n**3 / core.time_sgemm(n, 5)
+        rates[threads] = 2.0 * n**3 / min(core.time_sgemm(n, 5) for _ in range(3))
     return rates
 
 
