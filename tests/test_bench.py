@@ -53,12 +53,11 @@ def test_interleaved_quick_run_writes_every_field(tmp_path: Path) -> None:
 
 
 def test_isolated_mode_reports_rounds(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+    out, table = tmp_path / "bench.json", tmp_path / "bench.md"
     cases = ("--cases", "tiny", "tiny-infer", "tiny-varlen")
     contenders = ("--contenders", "lstmcore", "onnxruntime")
-    done = run_bench(
-        "--quick", "--rounds", "2", "--threads", "1", *cases, *contenders, "--json", str(out)
-    )
+    files = ("--json", str(out), "--markdown", str(table))
+    done = run_bench("--quick", "--rounds", "2", "--threads", "1", *cases, *contenders, *files)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     check_header(report)
@@ -70,6 +69,15 @@ def test_isolated_mode_reports_rounds(tmp_path: Path) -> None:
         assert r["rounds"] == 2 and r["steps"] == 6
         assert lo <= r["median_ms"] <= hi
     assert "round 2/2" in done.stderr  # the libraries ran in separate worker processes
+    tables = table.read_text().split("\n\n")  # one per kind, a line per case
+    assert [t.splitlines()[0].split(" (ms)")[0] for t in tables] == [
+        "| train",
+        "| infer",
+        "| varlen",
+    ]
+    for t in tables:
+        lines = t.strip().splitlines()
+        assert len(lines) == 3 and all(ln.count("|") == lines[0].count("|") for ln in lines)
 
 
 def test_onnxruntime_matches_lstmcore() -> None:
@@ -120,6 +128,7 @@ def test_flop_counts() -> None:
         ["--contenders", "tensorflow"],
         ["--json", "MISSING/out.json"],  # FileNotFoundError after the work
         ["--json", "TMP"],  # a directory
+        ["--markdown", "MISSING/out.md"],
         ["--worker", "{not json"],
     ],
 )

@@ -475,6 +475,8 @@ BUILDERS: dict[tuple[str, str], dict[str, Builder]] = {
     ("keras", "train"): {"keras": keras_train},
     ("keras", "infer"): {"keras": keras_infer},
 }
+# the order of the table's columns and rows, whatever order the workers finished in
+CONTENDERS = list(dict.fromkeys(name for builders in BUILDERS.values() for name in builders))
 BASELINES = ("lstmcore", "lstmcore-lengths", "lstmcore-padded")  # "x lstmcore": the first found
 
 
@@ -741,7 +743,8 @@ def summarise(
     mid = {name: float(np.median(m)) for name, m in medians.items()}
     base = next((mid[b] for b in BASELINES if b in mid), None)
     rows = []
-    for name, rounds in times.items():
+    for name in sorted(times, key=CONTENDERS.index):
+        rounds = times[name]
         steps = np.concatenate(rounds)
         q1, q3 = (float(v) for v in np.percentile(steps, [25, 75]))
         med = mid[name]
@@ -795,6 +798,40 @@ def print_table(rows: list[dict[str, Any]], mode: str) -> None:
             f"{r['median_ms']:>10.3f}{width:>15}{r['samples_per_s']:>11.0f}"
             f"{r['gflops']:>9.1f}{ratio:>11}{100 * r['fraction_of_floor']:>8.0f}%"
         )
+
+
+def markdown_table(rows: list[dict[str, Any]], mode: str) -> str:
+    """One table per kind, its contenders side by side: `median (lo-hi)` ms in isolated mode,
+    the median otherwise; "of floor" is lstmcore's (the first baseline found in the line)."""
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    return "\n".join(markdown_kind([r for r in rows if r["kind"] == k], mode) for k in kinds)
+
+
+def markdown_kind(rows: list[dict[str, Any]], mode: str) -> str:
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    groups: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["shape"], r["threads"]), {})[r["contender"]] = r
+    kind = rows[0]["kind"]
+    lines = [
+        f"| {kind} (ms) | T, B, I, H | threads | " + " | ".join(names) + " | of floor |",
+        "|" + " --- |" * (4 + len(names)),
+    ]
+    for (case, threads), by in groups.items():
+        first = next(iter(by.values()))
+        dims = f"{first['T']}, {first['B']}, {first['I']}, {first['H']}"
+        cells = [markdown_cell(by[n], mode) if n in by else "" for n in names]
+        base = next((by[b] for b in BASELINES if b in by), None)
+        floor = f"{100 * base['fraction_of_floor']:.0f}%" if base else ""
+        lines.append(f"| {case} | {dims} | {threads} | " + " | ".join(cells) + f" | {floor} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_cell(row: dict[str, Any], mode: str) -> str:
+    if mode == "isolated" and row["range_ms"] is not None:
+        lo, hi = row["range_ms"]
+        return f"{row['median_ms']:.3g} ({lo:.3g}-{hi:.3g})"
+    return f"{row['median_ms']:.3g}"
 
 
 # ---- the command line ----------------------------------------------------------------------
@@ -891,6 +928,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="tiny cases and a 512^3 sgemm for the rate: a smoke test, not a measurement",
     )
     parser.add_argument("--json", metavar="FILE", help="also write every measurement here")
+    parser.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the table in Markdown, one line per case and thread count, the "
+        "contenders side by side (the README's form)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # isolated mode's child process
     return parser
 
@@ -904,12 +947,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--cases: unknown {unknown}; known: {', '.join(ALL_CASES)}")
     if args.rounds is not None and args.mode != "isolated":
         parser.error("--rounds: applies to --mode isolated only")
-    if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if os.path.isdir(args.json):
-            parser.error(f"--json: {args.json} is a directory")
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            parser.error(f"{flag}: {path} is a directory")
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            parser.error(f"--json: cannot write into {folder} (missing or not writable)")
+            parser.error(f"{flag}: cannot write into {folder} (missing or not writable)")
 
 
 def worker_main(parser: argparse.ArgumentParser, spec: str) -> int:
@@ -972,10 +1017,10 @@ def main(argv: list[str] | None = None) -> int:
         for threads in threads_list:
             once = run_plan(replace(base, threads=threads), notes)
             results[threads] = {c: {n: [t] for n, t in by.items()} for c, by in once.items()}
-    rows = [
+    rows = [  # a case's thread counts next to each other
         row
-        for threads in threads_list
         for case in cases
+        for threads in threads_list
         if case.name in results[threads]
         for row in summarise(case, threads, results[threads][case.name], ceilings[threads])
     ]
@@ -987,6 +1032,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as out:
             json.dump({**info, "notes": notes, "rows": rows}, out, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as out:
+            out.write(markdown_table(rows, args.mode))
     return 0
 
 
