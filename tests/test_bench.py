@@ -169,3 +169,18 @@ def test_help_documents_every_flag() -> None:
         for flag in action.option_strings:
             assert flag in text, flag
     assert "isolated     (the default)" in text  # which mode is the default, and why
+
+
+def test_missing_peers_are_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "find_spec", lambda name: None)
+    note = bench.unavailable("onnxruntime", 1)
+    assert note is not None and "onnx, onnxruntime not importable" in note
+    assert bench.unavailable("lstmcore", 1) is None
+    assert bench.build_steps(["onnxruntime"], bench.ALL_CASES["tiny-infer"], 1, []) == {}
+
+
+def test_a_failing_worker_is_a_note() -> None:
+    notes: list[str] = []
+    plan = bench.Plan(("lstmcore",), ("no-such-case",), 1, None, 0, 1)
+    assert bench.run_worker(plan, notes) == {}
+    assert len(notes) == 1 and "worker failed (2)" in notes[0]
