@@ -253,8 +253,9 @@ def _torch_model(case: Case, threads: int, batch_first: bool) -> tuple[Any, Any,
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(case.I, case.H, batch_first=batch_first)
+    bias_ih: Any = lstm.bias_ih_l0  # (a Module attribute: typed Tensor | Module)
     with torch.no_grad():  # forget-gate bias 1, as lstmcore's models (see FORGET_BIAS)
-        lstm.bias_ih_l0[case.H : 2 * case.H] += FORGET_BIAS
+        bias_ih[case.H : 2 * case.H] += FORGET_BIAS
     head = torch.nn.Linear(case.H, CLASSES)
     opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=1e-3)
     return lstm, head, opt
