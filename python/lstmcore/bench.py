@@ -790,13 +790,13 @@ def summarise(
 def print_table(rows: list[dict[str, Any]], mode: str) -> None:
     spread = "range ms" if mode == "isolated" else "IQR ms"
     head = (
-        f"{'case':<14}{'kind':<7}{'thr':>4} {'contender':<17}{'median ms':>10}{spread:>15}"
+        f"{'case':<14}{'kind':<7}{'thr':>4} {'contender':<17}{'median ms':>11} {spread:>19}"
         f"{'samples/s':>11}{'GFLOP/s':>9}{'x lstmcore':>11}{'of floor':>9}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
-        if mode == "isolated":
+        if r["range_ms"] is not None:  # None: one round only (a worker failed in the other)
             lo, hi = r["range_ms"]
             width = f"{lo:.3g}-{hi:.3g}"
         else:
@@ -804,7 +804,7 @@ def print_table(rows: list[dict[str, Any]], mode: str) -> None:
         ratio = f"{r['time_vs_lstmcore']:.2f}" if r["time_vs_lstmcore"] else ""
         print(
             f"{r['shape']:<14}{r['kind']:<7}{r['threads']:>4} {r['contender']:<17}"
-            f"{r['median_ms']:>10.3f}{width:>15}{r['samples_per_s']:>11.0f}"
+            f"{r['median_ms']:>11.3f} {width:>19}{r['samples_per_s']:>11.0f}"
             f"{r['gflops']:>9.1f}{ratio:>11}{100 * r['fraction_of_floor']:>8.0f}%"
         )
 
