@@ -22,16 +22,17 @@ __all__ = ["LSTM", "Linear", "SequenceClassifier", "float_dtype", "softmax_cross
 
 def float_dtype(dtype: Any) -> np.dtype[Any]:
     """float32 or float64 from any spelling NumPy accepts (``np.float32``, ``"float32"``,
-    ``"f4"``, ``np.dtype("float32")``, Python's ``float``...); ValueError for anything else."""
+    ``"f4"``, ``np.dtype("float32")``, Python's ``float``, ``">f8"``...), in native byte
+    order; ValueError for anything else."""
     if dtype is None:  # NumPy would read None as float64; torch users mean "the default"
         raise ValueError("dtype: expected float32 or float64, got None")
     try:
-        out = np.dtype(dtype)
+        out: np.dtype[Any] = np.dtype(dtype)
     except TypeError as err:
         raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}") from err
-    if out not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if out.kind != "f" or out.itemsize not in (4, 8):
         raise ValueError(f"dtype: expected float32 or float64, got {out}")
-    return out
+    return np.dtype(np.float32 if out.itemsize == 4 else np.float64)  # native byte order
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -417,9 +418,6 @@ class SequenceClassifier:
             "input_size": input_size,
             "hidden_size": hidden_size,
             "num_classes": num_classes,
-            "num_layers": num_layers,
-            "bidirectional": bidirectional,
-            "dropout": dropout,
         }
         self.lstm = LSTM(
             input_size,
