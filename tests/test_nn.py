@@ -11,7 +11,7 @@ import pytest
 from helpers import make_lengths, numeric_grad, rel_err
 from lstmcore import optim
 from lstmcore import reference as ref
-from lstmcore.nn import LSTM, SequenceClassifier, softmax_cross_entropy
+from lstmcore.nn import LSTM, SequenceClassifier, softmax_cross_entropy, upgrade_v01_params
 
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 
@@ -331,3 +331,26 @@ def test_classifier_gradients_match_finite_differences(
         numeric = numeric_grad(loss, p)
         assert np.linalg.norm(numeric) > 0, name
         assert rel_err(analytic[name], numeric) < 1e-6, name
+
+
+def test_a_v01_classifier_upgrades_to_the_same_model(rng: np.random.Generator) -> None:
+    """lstmcore 0.1 saved one bias under lstm.w_ih/lstm.w_hh/lstm.bias; upgraded, the same
+    weights compute the same logits."""
+    model = SequenceClassifier(6, 5, 3, seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    p = model.params
+    old = {
+        "lstm.w_ih": p["lstm.weight_ih_l0"].copy(),
+        "lstm.w_hh": p["lstm.weight_hh_l0"].copy(),
+        "lstm.bias": p["lstm.bias_ih_l0"] + p["lstm.bias_hh_l0"],
+        "head.weight": p["head.weight"].copy(),
+        "head.bias": p["head.bias"].copy(),
+    }
+    fresh = SequenceClassifier(6, 5, 3, seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    upgraded = upgrade_v01_params(old)
+    assert set(upgraded) == set(fresh.params)
+    assert np.all(upgraded["lstm.bias_hh_l0"] == 0)
+    for name, value in upgraded.items():
+        fresh.params[name][...] = value
+    images = rng.standard_normal((4, 7, 6))
+    assert rel_err(fresh.logits(images), model.logits(images)) < 1e-14
+    assert upgrade_v01_params(model.params).keys() == model.params.keys()  # already current

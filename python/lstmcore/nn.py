@@ -17,7 +17,14 @@ from lstmcore import reference as ref
 
 Array = NDArray[Any]
 
-__all__ = ["LSTM", "Linear", "SequenceClassifier", "float_dtype", "softmax_cross_entropy"]
+__all__ = [
+    "LSTM",
+    "Linear",
+    "SequenceClassifier",
+    "float_dtype",
+    "softmax_cross_entropy",
+    "upgrade_v01_params",
+]
 
 
 def float_dtype(dtype: Any) -> np.dtype[Any]:
@@ -389,6 +396,22 @@ def softmax_cross_entropy(logits: Array, labels: NDArray[np.integer[Any]]) -> tu
     grad[np.arange(n), labels] -= 1.0
     grad /= max(n, 1)
     return loss, np.asarray(grad, dtype=logits.dtype)
+
+
+_V01_NAMES = {"lstm.w_ih": "lstm.weight_ih_l0", "lstm.w_hh": "lstm.weight_hh_l0"}
+
+
+def upgrade_v01_params(params: Mapping[str, Array]) -> dict[str, Array]:
+    """A classifier's parameters as lstmcore 0.1 saved them (``lstm.w_ih``, ``lstm.w_hh``,
+    ``lstm.bias``: one layer, one direction, one bias) under today's torch names:
+    ``bias_ih_l0`` = the old bias, ``bias_hh_l0`` = 0, so the model computes exactly what it
+    did. Parameters already under today's names come back unchanged."""
+    if "lstm.bias" not in params:
+        return dict(params)
+    out = {_V01_NAMES.get(name, name): value for name, value in params.items()}
+    bias = out.pop("lstm.bias")
+    out["lstm.bias_ih_l0"], out["lstm.bias_hh_l0"] = bias, np.zeros_like(bias)
+    return out
 
 
 class SequenceClassifier:
