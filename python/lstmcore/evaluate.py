@@ -11,23 +11,32 @@ import sys
 import numpy as np
 
 from lstmcore import checkpoint, data
-from lstmcore.nn import SequenceClassifier
+from lstmcore.nn import SequenceClassifier, upgrade_v01_params
 from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
+
+_SHAPE_KEYS = {"input_size", "hidden_size", "num_classes"}
+_LAYER_KEYS = {"num_layers", "bidirectional", "dropout"}  # absent in lstmcore 0.1's files
 
 
 def load_model(path: str) -> SequenceClassifier:
     """The classifier stored in a checkpoint (validated before use)."""
     params, _, meta, _ = checkpoint.load(path)
     shape = meta.get("model")
-    if not isinstance(shape, dict) or set(shape) != {"input_size", "hidden_size", "num_classes"}:
+    if not isinstance(shape, dict) or not _SHAPE_KEYS <= set(shape) <= _SHAPE_KEYS | _LAYER_KEYS:
         raise checkpoint.CheckpointError(f"{path}: no model description in its metadata")
     try:
         model = SequenceClassifier(
-            int(shape["input_size"]), int(shape["hidden_size"]), int(shape["num_classes"])
+            int(shape["input_size"]),
+            int(shape["hidden_size"]),
+            int(shape["num_classes"]),
+            num_layers=int(shape.get("num_layers", 1)),
+            bidirectional=bool(shape.get("bidirectional", False)),
+            dropout=float(shape.get("dropout", 0.0)),
         )
     except (TypeError, ValueError) as err:
         raise checkpoint.CheckpointError(f"{path}: bad model description: {err}") from err
-    checkpoint.assign_params(path, params, model.params)
+    # lstmcore 0.1 wrote one bias under other names: the same model under today's names
+    checkpoint.assign_params(path, upgrade_v01_params(params), model.params)
     return model
 
 

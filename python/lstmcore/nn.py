@@ -23,6 +23,7 @@ __all__ = [
     "SequenceClassifier",
     "float_dtype",
     "softmax_cross_entropy",
+    "upgrade_v01_optim_state",
     "upgrade_v01_params",
 ]
 
@@ -399,6 +400,7 @@ def softmax_cross_entropy(logits: Array, labels: NDArray[np.integer[Any]]) -> tu
 
 
 _V01_NAMES = {"lstm.w_ih": "lstm.weight_ih_l0", "lstm.w_hh": "lstm.weight_hh_l0"}
+_V01_BIAS = ("lstm.bias_ih_l0", "lstm.bias_hh_l0")
 
 
 def upgrade_v01_params(params: Mapping[str, Array]) -> dict[str, Array]:
@@ -410,7 +412,24 @@ def upgrade_v01_params(params: Mapping[str, Array]) -> dict[str, Array]:
         return dict(params)
     out = {_V01_NAMES.get(name, name): value for name, value in params.items()}
     bias = out.pop("lstm.bias")
-    out["lstm.bias_ih_l0"], out["lstm.bias_hh_l0"] = bias, np.zeros_like(bias)
+    out[_V01_BIAS[0]], out[_V01_BIAS[1]] = bias, np.zeros_like(bias)
+    return out
+
+
+def upgrade_v01_optim_state(state: Mapping[str, Array]) -> dict[str, Array]:
+    """The optimizer state of a 0.1 checkpoint (per-parameter keys ``<kind>:<name>``) under
+    today's names. Both new biases take the old bias's state: they receive the same gradient
+    as the old single bias did, so their moments and momenta are the old ones."""
+    out: dict[str, Array] = {}
+    for key, value in state.items():
+        kind, sep, name = key.partition(":")
+        if sep and name == "lstm.bias":
+            for new in _V01_BIAS:
+                out[f"{kind}:{new}"] = value.copy()
+        elif sep:
+            out[f"{kind}:{_V01_NAMES.get(name, name)}"] = value
+        else:
+            out[key] = value
     return out
 
 
@@ -441,6 +460,9 @@ class SequenceClassifier:
             "input_size": input_size,
             "hidden_size": hidden_size,
             "num_classes": num_classes,
+            "num_layers": num_layers,
+            "bidirectional": bidirectional,
+            "dropout": dropout,
         }
         self.lstm = LSTM(
             input_size,
