@@ -276,6 +276,8 @@ def test_errors_name_the_argument(rng: np.random.Generator) -> None:
         LSTM(3, 4, 2, dropout=1.5)
     with pytest.raises(ValueError, match="num_layers"):
         LSTM(3, 4, 0)
+    with pytest.raises(ValueError, match="device"):
+        LSTM(3, 4, device="gpu")
 
 
 def test_cuda_path_names_each_unsupported_feature() -> None:

@@ -177,4 +177,3 @@ def test_gpu_layout_is_v01s_and_round_trips(rng: np.random.Generator) -> None:
             ih, hh = key.replace("_hh_l0", "_ih_l0"), key.replace("_ih_l0", "_hh_l0")
             want = (state_before[ih] + state_before[hh]) / 2
         np.testing.assert_allclose(value, want, rtol=1e-6, err_msg=key)
-

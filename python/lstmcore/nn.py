@@ -95,6 +95,8 @@ class LSTM:
         self.bidirectional, self.batch_first = bool(bidirectional), bool(batch_first)
         self.dropout = float(dropout)
         self.directions = 2 if self.bidirectional else 1
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
         self.device = device
         if device == "cuda" and (self.num_layers > 1 or self.bidirectional):
             feature = "num_layers > 1" if self.num_layers > 1 else "bidirectional"

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--forget-bias",
         type=float,
         default=d.forget_bias,
-        help="added to the forget gate's initial bias",
+        help="added to the forget gate's initial bias (bias_ih + bias_hh: half to each)",
     )
     p.add_argument(
         "--max-loss",
