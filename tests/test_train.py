@@ -216,3 +216,116 @@ def test_help_documents_every_flag() -> None:
         "--quiet",
     ]:
         assert flag in text
+
+
+# ---- flags the run or the data set cannot honour -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--val-size", "60000"], "--val-size"),
+        (["--val-size", "500", "--train-subset", "59600"], "--train-subset"),
+    ],
+)
+def test_values_the_data_cannot_give_are_one_error_line(
+    tmp_path: Path, flags: list[str], named: str
+) -> None:
+    run = tmp_path / "run"
+    done = cli(*flags, "--quiet", "--out", str(run))
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {named} "), done.stderr
+    assert not run.exists()  # refused before any work
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_forget_bias_is_a_usage_error(value: str) -> None:
+    done = cli("--forget-bias", value)
+    assert done.returncode == 2
+    assert "--forget-bias" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-epoch run, copied by the tests that change it."""
+    run = tmp_path_factory.mktemp("base") / "run"
+    assert train.main([*QUICK, "--epochs", "1", "--out", str(run)]) == 0
+    return run
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, to)
+    return to
+
+
+def test_resume_refuses_flags_that_disagree_with_the_run(
+    one_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_run(one_epoch_run, tmp_path / "run")
+    before = (run / "last.npz").read_bytes()
+    for flags, named in (
+        (["--hidden", "999"], "--hidden"),
+        (["--lr", "0.5"], "--lr"),
+        (["--data-dir", str(tmp_path)], "--data-dir"),
+        (["--out", str(tmp_path / "x")], "--out"),
+    ):
+        assert train.main(["--resume", str(run), "--quiet", *flags]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {named} "), err
+    # the run's own values, given again, agree: no error
+    assert train.main(["--resume", str(run), "--quiet", "--hidden", "32"]) == 0
+    assert (run / "last.npz").read_bytes() == before
+
+
+def test_resume_with_more_epochs_extends_the_run_and_says_so(
+    one_epoch_run: Path, tmp_path: Path
+) -> None:
+    run = copy_run(one_epoch_run, tmp_path / "run")
+    assert train.main(["--resume", str(run), "--quiet", "--epochs", "2"]) == 0
+    assert [r["epoch"] for r in metrics(run)[:-1]] == [1, 2]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["epochs"] == 2
+    assert any("--epochs 2" in note and "was 1" in note for note in saved["notes"]), saved
+
+
+def test_an_existing_run_is_not_overwritten_without_asking(
+    one_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_run(one_epoch_run, tmp_path / "run")
+    before = (run / "metrics.jsonl").read_bytes()
+    assert train.main([*QUICK, "--epochs", "1", "--seed", "3", "--out", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0] and "--overwrite" in err[0], err
+    assert (run / "metrics.jsonl").read_bytes() == before
+    args = [*QUICK, "--epochs", "1", "--seed", "3", "--out", str(run), "--overwrite"]
+    assert train.main(args) == 0
+    assert json.loads((run / "config.json").read_text())["seed"] == 3
+    assert (run / "metrics.jsonl").read_bytes() != before
+
+
+def test_a_run_directory_in_use_is_refused_naming_the_process(
+    one_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lstmcore.run import RunLock
+
+    run = copy_run(one_epoch_run, tmp_path / "run")
+    (run / ".last.npz.abc.tmp").write_bytes(b"another process is writing this")
+    with RunLock(run):
+        assert train.main(["--resume", str(run), "--quiet"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"process {os.getpid()}" in err[0], err
+        # the holder's temporary file was left alone
+        assert (run / ".last.npz.abc.tmp").exists()
+    assert train.main(["--resume", str(run), "--quiet"]) == 0
+    assert not (run / ".last.npz.abc.tmp").exists()  # stale once nobody holds the lock
+
+
+def test_a_second_ctrl_c_exits_at_once() -> None:
+    interrupt = train._Interrupt()
+    interrupt(signal.SIGINT, None)
+    assert interrupt.requested  # the first one asks the loop to save and stop
+    with pytest.raises(KeyboardInterrupt):
+        interrupt(signal.SIGINT, None)
