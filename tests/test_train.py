@@ -329,3 +329,75 @@ def test_a_second_ctrl_c_exits_at_once() -> None:
     assert interrupt.requested  # the first one asks the loop to save and stop
     with pytest.raises(KeyboardInterrupt):
         interrupt(signal.SIGINT, None)
+
+
+# ---- evaluate: checkpoints are validated before anything is built ---------------------------
+
+
+def forged(path: Path, **model: Any) -> Path:
+    """A checkpoint of a small model whose metadata describes another one."""
+    small = SequenceClassifier(hidden_size=8)
+    checkpoint.save(path, small.params, {}, {"model": {**small.config, **model}})
+    return path
+
+
+@pytest.mark.parametrize(
+    "model",
+    [{"hidden_size": 150_000}, {"input_size": 10**9}, {"num_classes": -3}, {"hidden_size": "x"}],
+    ids=["huge-hidden", "huge-input", "negative-classes", "not-a-number"],
+)
+def test_evaluate_checks_the_model_description_against_the_arrays(
+    tmp_path: Path, model: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lstmcore import evaluate
+
+    path = forged(tmp_path / "forged.npz", **model)
+    assert evaluate.main([str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: "), err
+    assert "does not match" in err[0] or "bad model description" in err[0], err
+
+
+@pytest.mark.parametrize("kind", ["text", "npy", "pickle", "empty"])
+def test_evaluate_names_a_file_that_is_not_a_checkpoint(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pickle
+
+    from lstmcore import evaluate
+
+    path = tmp_path / "thing"
+    if kind == "text":
+        path.write_text("hello\n")
+    elif kind == "npy":
+        np.save(path.with_suffix(".npy"), np.zeros(3))
+        path = path.with_suffix(".npy")
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps({"a": 1}))
+    else:
+        path.write_bytes(b"")
+    assert evaluate.main([str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"error: {path}: not an lstmcore checkpoint", err
+
+
+def test_a_forged_array_header_in_a_checkpoint_is_refused_before_allocation(
+    tmp_path: Path,
+) -> None:
+    """An .npz member whose .npy header declares far more data than the member holds."""
+    import zipfile
+
+    path = forged(tmp_path / "ok.npz")
+    bad = tmp_path / "bad.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            payload = src.read(info)
+            if info.filename == "param/lstm.w_hh.npy":
+                # same header length: the longer shape eats into the header's space padding
+                grow = len(b"(10000000000, 8)") - len(b"(32, 8)")
+                end = payload.index(b"\n")
+                payload = payload[: end - grow] + payload[end:]
+                payload = payload.replace(b"(32, 8)", b"(10000000000, 8)", 1)
+            dst.writestr(info.filename, payload)
+    with pytest.raises(checkpoint.CheckpointError, match=r"lstm\.w_hh.*declares"):
+        checkpoint.load(bad)

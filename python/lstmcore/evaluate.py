@@ -6,7 +6,9 @@ Prints the confusion matrix, then ``test accuracy: XX.XX% (correct/total)`` as t
 from __future__ import annotations
 
 import argparse
+import operator
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -15,18 +17,38 @@ from lstmcore.nn import SequenceClassifier
 from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
 
 
-def load_model(path: str) -> SequenceClassifier:
-    """The classifier stored in a checkpoint (validated before use)."""
-    params, _, meta, _ = checkpoint.load(path)
+def model_description(
+    path: str, params: dict[str, Any], meta: dict[str, Any]
+) -> tuple[int, int, int]:
+    """(input_size, hidden_size, num_classes) from the checkpoint's metadata, checked against
+    its arrays before anything is built: the model then allocates no more than the checkpoint
+    already holds, whatever the metadata claims."""
     shape = meta.get("model")
     if not isinstance(shape, dict) or set(shape) != {"input_size", "hidden_size", "num_classes"}:
         raise checkpoint.CheckpointError(f"{path}: no model description in its metadata")
     try:
-        model = SequenceClassifier(
-            int(shape["input_size"]), int(shape["hidden_size"]), int(shape["num_classes"])
+        described = tuple(
+            operator.index(shape[k]) for k in ("input_size", "hidden_size", "num_classes")
         )
-    except (TypeError, ValueError) as err:
+    except TypeError as err:
         raise checkpoint.CheckpointError(f"{path}: bad model description: {err}") from err
+    w_ih, head = params.get("lstm.w_ih"), params.get("head.weight")
+    if w_ih is None or head is None or w_ih.ndim != 2 or head.ndim != 2:
+        raise checkpoint.CheckpointError(f"{path}: no lstm.w_ih and head.weight matrices")
+    held = (w_ih.shape[1], w_ih.shape[0] // 4, head.shape[0])
+    if described != held or min(held) < 1:
+        raise checkpoint.CheckpointError(
+            f"{path}: model description {shape} does not match its arrays "
+            f"(lstm.w_ih {w_ih.shape}, head.weight {head.shape})"
+        )
+    return held
+
+
+def load_model(path: str) -> SequenceClassifier:
+    """The classifier stored in a checkpoint (validated before use)."""
+    params, _, meta, _ = checkpoint.load(path)
+    input_size, hidden_size, num_classes = model_description(path, params, meta)
+    model = SequenceClassifier(input_size, hidden_size, num_classes)
     checkpoint.assign_params(path, params, model.params)
     return model
 
