@@ -6,9 +6,11 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import os
 import random
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -252,3 +254,18 @@ def test_two_threads_training_two_models_match_sequential_training() -> None:
         assert seq.keys() == con.keys()
         for name in seq:
             np.testing.assert_array_equal(seq[name], con[name])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_run_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """Atomic writes create files as open() would (0666 less the umask), not mkstemp's 0600."""
+    from lstmcore import _files
+
+    old = os.umask(umask)
+    try:
+        _files.write_text(tmp_path / "config.json", "{}\n")
+        checkpoint.save(tmp_path / "last.npz", {"a": np.zeros(2)}, {}, {})
+    finally:
+        os.umask(old)
+    for name in ("config.json", "last.npz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
