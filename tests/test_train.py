@@ -258,6 +258,22 @@ def test_values_the_data_cannot_give_are_one_error_line(
     assert not run.exists()  # refused before any work
 
 
+def test_a_model_too_large_for_memory_is_one_error_line(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = cli("--hidden", "200000", "--quiet", "--out", str(run))  # 1.2 TiB of weights
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory"), done.stderr
+    assert "--hidden" in lines[0] and not run.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "100000"])
+def test_thread_counts_outside_the_pools_range_are_usage_errors(value: str) -> None:
+    done = cli("--threads", value)
+    assert done.returncode == 2
+    assert "--threads" in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_non_finite_forget_bias_is_a_usage_error(value: str) -> None:
     done = cli("--forget-bias", value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -26,16 +27,17 @@ from lstmcore.run import Config, ConfigError, Reporter, Run, RunError, TrainingE
 EXIT_INTERRUPTED = 130
 
 
-def _int_at_least(minimum: int) -> Any:
-    """An argparse type: an integer >= minimum, else a usage error."""
+def _int_at_least(minimum: int, maximum: int | None = None) -> Any:
+    """An argparse type: an integer >= minimum (and <= maximum), else a usage error."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            wanted = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected an integer {wanted}, got {text!r}")
         return value
 
     return parse
@@ -43,6 +45,8 @@ def _int_at_least(minimum: int) -> Any:
 
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
+# OpenBLAS's pool has 64 threads at most (more only warn); larger machines may use their cores
+MAX_THREADS = max(64, os.cpu_count() or 1)
 
 
 def non_negative_float(text: str) -> float:
@@ -150,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=positive_int,
+        type=_int_at_least(1, MAX_THREADS),
         default=None,
         help="CPU threads for the core (default: all cores, or LSTMCORE_NUM_THREADS)",
     )
@@ -281,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         OSError,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except MemoryError as err:
+        print(
+            f"error: out of memory: {err} (a smaller --hidden or --batch-size needs less)",
+            file=sys.stderr,
+        )
         return 1
 
 
