@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lstmcore import _files, checkpoint, data, optim
-from lstmcore.nn import SequenceClassifier
+from lstmcore.nn import SequenceClassifier, upgrade_v01_optim_state, upgrade_v01_params
 from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
 from lstmcore.stepper import Stepper, make_stepper
 
@@ -49,6 +49,7 @@ __all__ = [
     "lr_for",
     "make_model",
     "make_optimizer",
+    "unsupported_on_device",
 ]
 
 RUN_FILES = ["config.json", "metrics.jsonl", "last.npz", "best.npz"]  # written atomically
@@ -84,6 +85,9 @@ class Config:
     iters: int | None = None
     batch_size: int = 128
     hidden: int = 128
+    layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
     lr: float = 3e-3
     optimizer: str = "adam"
     momentum: float = 0.9
@@ -162,11 +166,29 @@ def load_run_data(cfg: Config) -> RunData:
     )
 
 
+def unsupported_on_device(cfg: Config, device: str) -> str | None:
+    """Why the model ``cfg`` describes cannot train on ``device``, or None."""
+    if device != "cuda":
+        return None
+    # the GPU trainer runs one unidirectional layer (lstmcore 0.1's model)
+    if cfg.layers > 1:
+        return f"--device cuda trains one LSTM layer: --layers {cfg.layers} is not supported there"
+    if cfg.bidirectional:
+        return "--device cuda trains one direction: --bidirectional is not supported there"
+    return None
+
+
 def make_model(cfg: Config, input_size: int, num_classes: int, device: str) -> SequenceClassifier:
+    problem = unsupported_on_device(cfg, device)
+    if problem is not None:
+        raise TrainingError(problem)
     return SequenceClassifier(
         input_size,
         cfg.hidden,
         num_classes,
+        num_layers=cfg.layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
         forget_bias=cfg.forget_bias,
         seed=cfg.seed,
         device=device,
@@ -524,6 +546,8 @@ class Run:
             "config": asdict(self.cfg),
             "progress": asdict(self.prog),
             "rng": self.rng.bit_generator.state,
+            # the dropout masks' generator: a resumed run draws the masks it would have drawn
+            "dropout_rng": self.model.lstm.dropout_rng.bit_generator.state,
             "model": self.model.config,
         }
         checkpoint.save(
@@ -534,6 +558,8 @@ class Run:
         """Loads last.npz into model, optimizer, RNG and progress; nothing changes unless all
         of it is valid."""
         params, opt_state, meta, other = checkpoint.load(path)
+        # lstmcore 0.1 wrote one bias under other names: the same model under today's names
+        params, opt_state = upgrade_v01_params(params), upgrade_v01_optim_state(opt_state)
         try:
             prog = Progress(**meta["progress"])
             rng_state = meta["rng"]
@@ -542,11 +568,14 @@ class Run:
             raise checkpoint.CheckpointError(f"{path}: incomplete metadata: {err}") from err
         if len(order) != len(self.data.train_x):
             raise checkpoint.CheckpointError(f"{path}: saved for another data set")
-        trial = np.random.default_rng()
-        try:
-            trial.bit_generator.state = rng_state
-        except (TypeError, ValueError, KeyError) as err:
-            raise checkpoint.CheckpointError(f"{path}: bad RNG state: {err}") from err
+        # 0.1 had no dropout, hence no dropout generator: keep the fresh one
+        dropout_state = meta.get("dropout_rng", self.model.lstm.dropout_rng.bit_generator.state)
+        for state in (rng_state, dropout_state):
+            trial = np.random.default_rng()
+            try:
+                trial.bit_generator.state = state
+            except (TypeError, ValueError, KeyError) as err:
+                raise checkpoint.CheckpointError(f"{path}: bad RNG state: {err}") from err
         try:
             self.opt.check_state(opt_state)
         except ValueError as err:
@@ -554,6 +583,7 @@ class Run:
         checkpoint.assign_params(path, params, self.model.params)  # validates first
         self.opt.load_state_dict(opt_state)
         self.rng.bit_generator.state = rng_state
+        self.model.lstm.dropout_rng.bit_generator.state = dropout_state
         self.prog, self.order = prog, order
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
@@ -569,7 +599,7 @@ class Run:
         best = self.run_dir / "best.npz"
         if best.is_file():
             params, _, _, _ = checkpoint.load(best)
-            checkpoint.assign_params(best, params, self.model.params)
+            checkpoint.assign_params(best, upgrade_v01_params(params), self.model.params)
         predicted = self.model.predict(self.data.test_x)
         correct = int((predicted == self.data.test_y).sum())
         total = len(self.data.test_y)

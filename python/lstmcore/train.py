@@ -1,6 +1,7 @@
 """``python -m lstmcore.train``: the row-by-row MNIST LSTM, trained by the C++ core.
 
-Each 28x28 image is a sequence of 28 rows of 28 pixels; one LSTM layer; its last hidden state
+Each 28x28 image is a sequence of 28 rows of 28 pixels; an LSTM (one layer by default; more
+with --layers, both directions with --bidirectional); the top layer's last hidden states
 into a linear layer to the classes; softmax cross-entropy. The last line printed is
 ``test accuracy: XX.XX% (correct/total)``.
 
@@ -22,7 +23,15 @@ from typing import Any
 
 import lstmcore
 from lstmcore import checkpoint, data
-from lstmcore.run import Config, ConfigError, Reporter, Run, RunError, TrainingError
+from lstmcore.run import (
+    Config,
+    ConfigError,
+    Reporter,
+    Run,
+    RunError,
+    TrainingError,
+    unsupported_on_device,
+)
 
 EXIT_INTERRUPTED = 130
 
@@ -69,6 +78,17 @@ def finite_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1) (1 would drop every activation)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Config()
     p = argparse.ArgumentParser(
@@ -87,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="batch size")
     p.add_argument("--hidden", type=positive_int, default=d.hidden, help="LSTM hidden units")
+    p.add_argument("--layers", type=positive_int, default=d.layers, help="stacked LSTM layers")
+    p.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="each layer runs both directions; the classifier reads both final states",
+    )
+    p.add_argument(
+        "--dropout",
+        type=probability,
+        default=d.dropout,
+        help="dropout on each LSTM layer's output but the last (training only, torch's rule)",
+    )
     p.add_argument("--lr", type=non_negative_float, default=d.lr, help="peak learning rate")
     p.add_argument(
         "--optimizer",
@@ -119,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--forget-bias",
         type=finite_float,
         default=d.forget_bias,
-        help="added to the forget gate's initial bias",
+        help="added to the forget gate's initial bias (bias_ih + bias_hh: half to each)",
     )
     p.add_argument(
         "--max-loss",
@@ -205,10 +237,13 @@ class _Interrupt:
         self.requested = True
 
 
-def check_device(device: str) -> str | None:
-    """None when training can run on ``device``, else the reason it cannot."""
+def check_device(device: str, cfg: Config | None = None) -> str | None:
+    """None when training (the model ``cfg`` describes, if given) can run on ``device``, else
+    the reason it cannot."""
     if device == "cpu":
         return None
+    if cfg is not None and (problem := unsupported_on_device(cfg, device)) is not None:
+        return problem
     from lstmcore import cuda
 
     ok, reason = cuda.available()
@@ -268,7 +303,8 @@ def train(args: argparse.Namespace, given: set[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problem = check_device(args.device)
+    # a new run's model is checked here, before any work; a resumed one when its config is read
+    problem = check_device(args.device, None if args.resume else config_from_args(args))
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 1
