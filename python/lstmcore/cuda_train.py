@@ -42,6 +42,11 @@ def split_bias(device_bias: Array, host: dict[str, Array]) -> tuple[Array, Array
     return host[BIASES[0]] + half, host[BIASES[1]] + half
 
 
+def param_layout(device: dict[str, Array]) -> list[tuple[str, int]]:
+    """[(name, size), ...] in the order the flat device buffer holds them: DEVICE_NAMES'."""
+    return [(name, int(device[name].size)) for name in DEVICE_NAMES]
+
+
 class CudaSession:
     def __init__(
         self,
@@ -63,8 +68,11 @@ class CudaSession:
                 "the CUDA trainer runs one unidirectional LSTM layer; the model has "
                 f"parameters {sorted(model.params)}"
             )
-        self.names = DEVICE_NAMES
-        self.sizes = [v.size for v in device_arrays(model.params, combine="sum").values()]
+        # handed across with the flat buffer and checked against the trainer's own layout:
+        # a renamed or reordered parameter raises instead of scrambling the weights
+        self.layout = param_layout(device_arrays(model.params, combine="sum"))
+        self.names = [name for name, _ in self.layout]
+        self.sizes = [size for _, size in self.layout]
         if isinstance(opt, optim.Adam):
             kind = "adamw" if opt.decoupled else "adam"
             beta1, beta2, eps, momentum = opt.betas[0], opt.betas[1], opt.eps, 0.0
@@ -80,6 +88,7 @@ class CudaSession:
             np.ascontiguousarray(images, dtype=np.float32),
             np.ascontiguousarray(labels, dtype=np.int32),
             self._flat(device_arrays(model.params, combine="sum")),
+            self.layout,
             config["hidden_size"],
             config["num_classes"],
             max_batch,
@@ -103,12 +112,17 @@ class CudaSession:
             start += size
         return out
 
-    def step(self, indices: Array, lr: float) -> tuple[float, int, bool]:
-        """One training step on the batch ``indices``; (mean loss, correct, applied)."""
-        loss, correct, _, applied = self.trainer.step(
-            np.ascontiguousarray(indices, dtype=np.int32), lr
+    def compute(self, indices: Array) -> tuple[float, int, float]:
+        """Gradients of the batch ``indices`` on the device; (mean loss, correct, gradient
+        norm). No parameter changes until :meth:`apply`."""
+        loss, correct, grad_norm = self.trainer.compute(
+            np.ascontiguousarray(indices, dtype=np.int32)
         )
-        return float(loss), int(correct), bool(applied)
+        return float(loss), int(correct), float(grad_norm)
+
+    def apply(self, lr: float) -> None:
+        """The optimizer update from the last :meth:`compute`'s gradients."""
+        self.trainer.apply(lr)
 
     def predict(self, images: Array) -> NDArray[np.int64]:
         return np.asarray(

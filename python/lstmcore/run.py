@@ -11,13 +11,16 @@ the current epoch's order.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -33,10 +36,13 @@ Array = NDArray[Any]
 __all__ = [
     "RUN_FILES",
     "Config",
+    "ConfigError",
     "Progress",
     "Reporter",
     "Run",
     "RunData",
+    "RunError",
+    "RunLock",
     "TestResult",
     "TrainingError",
     "load_run_data",
@@ -47,10 +53,28 @@ __all__ = [
 ]
 
 RUN_FILES = ["config.json", "metrics.jsonl", "last.npz", "best.npz"]  # written atomically
+OTHER_FILES = ["curves.png"]  # also replaced by --overwrite
+LOCK_FILE = ".lock"
+
+# the settings a resume may change; every other one is the run's own
+EXTENDABLE = ("epochs", "iters")
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names the step."""
+
+
+class ConfigError(ValueError):
+    """A setting the run or its data cannot honour; the message names the flag."""
+
+
+class RunError(RuntimeError):
+    """The run directory cannot be used: it holds another run, or another process has it."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a Config field."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -119,11 +143,23 @@ class TestResult:
 
 
 def load_run_data(cfg: Config) -> RunData:
+    """The data set split as the config says; ConfigError when it cannot be split so."""
     mnist = data.load_mnist(cfg.data_dir, download_missing=cfg.download)
+    available = len(mnist.train_images)
+    if cfg.val_size >= available:
+        raise ConfigError(
+            f"--val-size {cfg.val_size}: the training set has {available} images; "
+            f"at most {available - 1} can be held out"
+        )
     train_x, train_y, val_x, val_y = data.split_validation(
         mnist.train_images, mnist.train_labels, cfg.val_size
     )
     if cfg.train_subset is not None:
+        if cfg.train_subset > len(train_x):
+            raise ConfigError(
+                f"--train-subset {cfg.train_subset}: only {len(train_x)} training images "
+                f"remain after --val-size {cfg.val_size}"
+            )
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
     return RunData(
         train_x, train_y, val_x, val_y, mnist.test_images, mnist.test_labels, mnist.num_classes
@@ -229,9 +265,46 @@ class Reporter:
         )
 
 
+class RunLock:
+    """An exclusive OS lock (``fcntl.flock``) on RUN_DIR/.lock while a process uses the run
+    directory, so two processes never write (or clean up) each other's files. The file names
+    the holder; the kernel releases the lock when the holder exits, however it exits."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(
+                f"{self.path.parent} is in use by {holder}; wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv)})\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Run:
     """One training run in ``run_dir``: create it with :meth:`create` or :meth:`resume`, then
-    :meth:`train` and :meth:`test`."""
+    :meth:`train` and :meth:`test`; :meth:`close` (or a ``with`` block) releases the run
+    directory's lock."""
 
     def __init__(
         self,
@@ -251,7 +324,23 @@ class Run:
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.prog = Progress()
         self.order = self.rng.permutation(len(run_data.train_x))
+        self.notes: list[str] = []  # how a resume changed the settings (config.json)
         self._stepper: Stepper | None = None
+        self._lock = RunLock(run_dir)
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # ---- creation ------------------------------------------------------------------------------
 
@@ -261,15 +350,27 @@ class Run:
         cfg: Config,
         run_dir: Path,
         *,
+        overwrite: bool = False,
         device: str = "cpu",
         tf32: bool = False,
         reporter: Reporter | None = None,
     ) -> Run:
-        """A new run: loads the data, makes the directory and writes config.json."""
+        """A new run: loads the data, makes and locks the directory and writes config.json.
+        A directory already holding a run is refused (RunError) unless ``overwrite``."""
         run = cls(cfg, run_dir, load_run_data(cfg), device=device, tf32=tf32, reporter=reporter)
         run_dir.mkdir(parents=True, exist_ok=True)
-        _files.write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-        _files.remove_stale_temporaries(run_dir, RUN_FILES)
+        with run._closed_on_error():
+            run._lock.acquire()
+            existing = [n for n in RUN_FILES if (run_dir / n).exists()]
+            if existing and not overwrite:
+                raise RunError(
+                    f"{run_dir} already holds a run ({', '.join(existing)}): continue it with "
+                    f"--resume {run_dir}, or replace it with --overwrite"
+                )
+            for name in RUN_FILES + OTHER_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            _files.remove_stale_temporaries(run_dir, RUN_FILES)
+            run.write_config()
         return run
 
     @classmethod
@@ -277,17 +378,45 @@ class Run:
         cls,
         run_dir: Path,
         *,
+        settings: dict[str, Any] | None = None,
         device: str = "cpu",
         tf32: bool = False,
         reporter: Reporter | None = None,
     ) -> Run:
-        """The run saved in ``run_dir`` (its config.json and last.npz), ready to go on."""
-        cfg = read_config(run_dir)
-        run = cls(cfg, run_dir, load_run_data(cfg), device=device, tf32=tf32, reporter=reporter)
-        run.restore(run_dir / "last.npz")
-        run.reporter.say(f"resumed {run_dir} at epoch {run.prog.epoch}, step {run.prog.step}")
-        _files.remove_stale_temporaries(run_dir, RUN_FILES)
+        """The run saved in ``run_dir`` (its config.json and last.npz), ready to go on.
+        ``settings`` (Config fields given again) must agree with the run's own, except
+        --epochs and --iters, which extend or shorten it (noted in config.json)."""
+        cfg, notes = read_config(run_dir)
+        changes = changed_settings(cfg, settings or {})
+        run = cls(
+            apply_changes(cfg, changes),
+            run_dir,
+            load_run_data(cfg),
+            device=device,
+            tf32=tf32,
+            reporter=reporter,
+        )
+        with run._closed_on_error():
+            run._lock.acquire()
+            run.restore(run_dir / "last.npz")
+            run.reporter.say(f"resumed {run_dir} at epoch {run.prog.epoch}, step {run.prog.step}")
+            _files.remove_stale_temporaries(run_dir, RUN_FILES)
+            run.notes = notes + [
+                f"resumed at step {run.prog.step} with {flag(k)} {new} (was {old})"
+                for k, (old, new) in changes.items()
+            ]
+            if changes:
+                run.write_config()
         return run
+
+    def _closed_on_error(self) -> _CloseOnError:
+        return _CloseOnError(self)
+
+    def write_config(self) -> None:
+        saved: dict[str, Any] = asdict(self.cfg)
+        if self.notes:
+            saved["notes"] = self.notes
+        _files.write_text(self.run_dir / "config.json", json.dumps(saved, indent=2) + "\n")
 
     # ---- sizes ---------------------------------------------------------------------------------
 
@@ -495,12 +624,54 @@ class Run:
         return "\n".join(lines)
 
 
-def read_config(run_dir: Path) -> Config:
+class _CloseOnError:
+    """Releases the run's lock when setting the run up fails half-way."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:
+            self.run.close()
+
+
+def read_config(run_dir: Path) -> tuple[Config, list[str]]:
+    """The run's Config and the notes of earlier resumes that changed it."""
     try:
         saved = json.loads((run_dir / "config.json").read_text())
-        return Config(**saved)
-    except (OSError, json.JSONDecodeError, TypeError) as err:
+        notes = saved.pop("notes", [])
+        if not isinstance(notes, list):
+            raise TypeError("notes is not a list")
+        return Config(**saved), [str(n) for n in notes]
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError) as err:
         raise checkpoint.CheckpointError(f"{run_dir}/config.json: cannot resume: {err}") from err
+
+
+def changed_settings(cfg: Config, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved, given)} for the settings that differ from the run's; ConfigError for
+    one that a resume may not change, naming its flag."""
+    changes = {}
+    for name, given in sorted(settings.items()):
+        saved = getattr(cfg, name)
+        if given == saved:
+            continue
+        if name not in EXTENDABLE:
+            raise ConfigError(
+                f"{flag(name)} {given}: the run has {flag(name)} {saved}, and a resumed run "
+                "keeps its settings (only --epochs and --iters may change; start a new run "
+                "with --out for other settings)"
+            )
+        changes[name] = (saved, given)
+    if "epochs" in changes and "iters" not in settings and cfg.iters is not None:
+        changes["iters"] = (cfg.iters, None)  # --epochs given: the run now counts epochs
+    return changes
+
+
+def apply_changes(cfg: Config, changes: dict[str, tuple[Any, Any]]) -> Config:
+    return Config(**{**asdict(cfg), **{k: new for k, (_, new) in changes.items()}})
 
 
 def peak_rss_mb() -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -22,21 +23,30 @@ from typing import Any
 
 import lstmcore
 from lstmcore import checkpoint, data
-from lstmcore.run import Config, Reporter, Run, TrainingError, unsupported_on_device
+from lstmcore.run import (
+    Config,
+    ConfigError,
+    Reporter,
+    Run,
+    RunError,
+    TrainingError,
+    unsupported_on_device,
+)
 
 EXIT_INTERRUPTED = 130
 
 
-def _int_at_least(minimum: int) -> Any:
-    """An argparse type: an integer >= minimum, else a usage error."""
+def _int_at_least(minimum: int, maximum: int | None = None) -> Any:
+    """An argparse type: an integer >= minimum (and <= maximum), else a usage error."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            wanted = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected an integer {wanted}, got {text!r}")
         return value
 
     return parse
@@ -44,6 +54,8 @@ def _int_at_least(minimum: int) -> Any:
 
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
+# OpenBLAS's pool has 64 threads at most (more only warn); larger machines may use their cores
+MAX_THREADS = max(64, os.cpu_count() or 1)
 
 
 def non_negative_float(text: str) -> float:
@@ -53,6 +65,16 @@ def non_negative_float(text: str) -> float:
         value = -1.0
     if not (value >= 0.0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
@@ -127,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--forget-bias",
-        type=float,
+        type=finite_float,
         default=d.forget_bias,
         help="added to the forget gate's initial bias (bias_ih + bias_hh: half to each)",
     )
@@ -164,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=positive_int,
+        type=_int_at_least(1, MAX_THREADS),
         default=None,
         help="CPU threads for the core (default: all cores, or LSTMCORE_NUM_THREADS)",
     )
@@ -189,19 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         default=None,
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last.npz, with its saved config",
+        help="continue the run in RUN_DIR from its last.npz, with its saved config; "
+        "--epochs and --iters may extend it (noted in its config.json), other run settings "
+        "must agree with the saved ones",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (without it, an existing run is refused)",
     )
     p.add_argument("--quiet", action="store_true", help="print only the final result")
     return p
 
 
 class _Interrupt:
-    """SIGINT sets a flag that the loop checks between steps, so a step is never cut in half."""
+    """The first SIGINT sets a flag that the loop checks between steps, so a step is never cut
+    in half and last.npz is saved; a second one exits at once, without saving."""
 
     def __init__(self) -> None:
         self.requested = False
 
     def __call__(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
         self.requested = True
 
 
@@ -218,37 +250,54 @@ def check_device(device: str, cfg: Config | None = None) -> str | None:
     return None if ok else f"--device cuda: {reason}"
 
 
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The destinations of the flags written on the command line (not left at defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**{k: getattr(args, k) for k in asdict(Config()) if hasattr(args, k)})
 
 
-def open_run(args: argparse.Namespace) -> Run:
+def open_run(args: argparse.Namespace, given: set[str]) -> Run:
     reporter = Reporter(quiet=bool(args.quiet))
+    options = {"device": args.device, "tf32": args.tf32, "reporter": reporter}
     if args.resume:
-        return Run.resume(Path(args.resume), device=args.device, tf32=args.tf32, reporter=reporter)
+        if "out" in given:
+            raise ConfigError(f"--out {args.out}: a resumed run stays in --resume {args.resume}")
+        settings = {k: getattr(args, k) for k in given if k in asdict(Config())}
+        return Run.resume(Path(args.resume), settings=settings, **options)
     run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    return Run.create(
-        config_from_args(args), run_dir, device=args.device, tf32=args.tf32, reporter=reporter
-    )
+    return Run.create(config_from_args(args), run_dir, overwrite=args.overwrite, **options)
 
 
-def train(args: argparse.Namespace) -> int:
-    run = open_run(args)
-    interrupt = _Interrupt()
-    previous_handler = signal.signal(signal.SIGINT, interrupt)
-    try:
-        finished = run.train(lambda: interrupt.requested)
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    if not finished:
-        last = run.run_dir / "last.npz"
-        print(
-            f"interrupted at step {run.prog.step}: saved {last}; "
-            f"continue with --resume {run.run_dir}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    print(run.report(run.test()))
+def train(args: argparse.Namespace, given: set[str]) -> int:
+    with open_run(args, given) as run:
+        interrupt = _Interrupt()
+        previous_handler = signal.signal(signal.SIGINT, interrupt)
+        try:
+            finished = run.train(lambda: interrupt.requested)
+        except KeyboardInterrupt:
+            print(
+                "error: interrupted again: stopped at once, without saving "
+                f"(last.npz keeps the previous save; continue with --resume {run.run_dir})",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+        if not finished:
+            last = run.run_dir / "last.npz"
+            print(
+                f"interrupted at step {run.prog.step}: saved {last}; "
+                f"continue with --resume {run.run_dir}",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        print(run.report(run.test()))
     return 0
 
 
@@ -262,9 +311,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         lstmcore.set_num_threads(args.threads)
     try:
-        return train(args)
-    except (data.DataError, checkpoint.CheckpointError, TrainingError, OSError) as err:
+        return train(args, given_flags(argv))
+    except (
+        ConfigError,
+        RunError,
+        data.DataError,
+        checkpoint.CheckpointError,
+        TrainingError,
+        OSError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except MemoryError as err:
+        print(
+            f"error: out of memory: {err} (a smaller --hidden or --batch-size needs less)",
+            file=sys.stderr,
+        )
         return 1
 
 
