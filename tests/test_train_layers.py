@@ -53,6 +53,13 @@ def test_layer_flags_train_and_save_torch_names(tmp_path: Path) -> None:
     assert (config["layers"], config["bidirectional"], config["dropout"]) == (2, True, 0.2)
     model = evaluate.load_model(str(run / "best.npz"))
     assert model.lstm.num_layers == 2 and model.lstm.bidirectional
+    # a forged description is refused as a bad checkpoint, before any model is built
+    params, opt_state, meta, other = checkpoint.load(run / "best.npz")
+    for forged in ({"dropout": 7.0}, {"num_layers": 3}, {"bidirectional": False}):
+        checkpoint.save(run / "forged.npz", params, opt_state,
+                        {**meta, "model": {**meta["model"], **forged}}, other)  # fmt: skip
+        with pytest.raises(checkpoint.CheckpointError, match=r"forged\.npz"):
+            evaluate.load_model(str(run / "forged.npz"))
 
 
 @pytest.mark.parametrize(
