@@ -130,10 +130,12 @@ class Classifier:
                 f"images: expected uint8 (0..255) or float in [0, 1], got dtype {arr.dtype}"
             )
         out = arr.astype(np.float32)
-        if out.size and not (np.all(np.isfinite(out)) and out.min() >= 0.0 and out.max() <= 1.0):
+        if not np.all(np.isfinite(out)):
+            raise ValueError("images: float pixels must be finite and in [0, 1], got NaN or inf")
+        if out.size and (out.min() < 0.0 or out.max() > 1.0):
             raise ValueError(
                 f"images: float pixels must be finite and in [0, 1], got values in "
-                f"[{np.nanmin(out):g}, {np.nanmax(out):g}] (divide 0..255 data by 255)"
+                f"[{out.min():g}, {out.max():g}] (divide 0..255 data by 255)"
             )
         return out
 
