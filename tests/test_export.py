@@ -93,10 +93,19 @@ class _TorchNetwork:
         self.config = {"num_classes": num_classes}
 
 
-@pytest.mark.parametrize(("layers", "bidirectional"), [(1, False), (2, False), (2, True)])
-@pytest.mark.parametrize("task", ["rows", "pixels", "permuted"])
+@pytest.mark.parametrize(
+    ("task", "layers", "bidirectional"),
+    [
+        ("rows", 1, False),
+        ("rows", 2, False),
+        ("rows", 1, True),
+        ("rows", 3, True),
+        ("pixels", 1, False),
+        ("permuted", 2, True),
+    ],
+)
 def test_layers_directions_and_tasks_match_torch(
-    layers: int, bidirectional: bool, task: str, tmp_path: Path, rng: np.random.Generator
+    task: str, layers: int, bidirectional: bool, tmp_path: Path, rng: np.random.Generator
 ) -> None:
     torch = pytest.importorskip("torch")
     torch.manual_seed(int(rng.integers(1 << 31)))
