@@ -12,7 +12,7 @@ import numpy as np
 
 from lstmcore import checkpoint, data
 from lstmcore.nn import SequenceClassifier
-from lstmcore.train import accuracy_line, confusion_matrix, format_confusion
+from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
 
 
 def load_model(path: str) -> SequenceClassifier:

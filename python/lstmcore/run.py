@@ -1,0 +1,502 @@
+"""A training run: its configuration, state, data, stepper and reporting, in one place.
+
+``python -m lstmcore.train`` is a thin command line over this module: it turns flags into a
+:class:`Config`, creates or resumes a :class:`Run`, trains it and prints its test result.
+
+A run directory holds ``config.json``, ``metrics.jsonl``, ``last.npz`` and ``best.npz``, each
+written atomically (``lstmcore._files``). ``last.npz`` holds everything a resume needs to
+continue exactly as if never stopped: parameters, optimizer state, progress, the RNG state and
+the current epoch's order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lstmcore import _files, checkpoint, data, optim
+from lstmcore.nn import SequenceClassifier
+from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
+from lstmcore.stepper import Stepper, make_stepper
+
+Array = NDArray[Any]
+
+__all__ = [
+    "RUN_FILES",
+    "Config",
+    "Progress",
+    "Reporter",
+    "Run",
+    "RunData",
+    "TestResult",
+    "TrainingError",
+    "load_run_data",
+    "lr_for",
+    "make_model",
+    "make_optimizer",
+]
+
+RUN_FILES = ["config.json", "metrics.jsonl", "last.npz", "best.npz"]  # written atomically
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the step."""
+
+
+@dataclass
+class Config:
+    """Everything that defines a run's result (saved as config.json; a resume reads it back)."""
+
+    epochs: int = 10
+    iters: int | None = None
+    batch_size: int = 128
+    hidden: int = 128
+    lr: float = 3e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    schedule: str = "cosine"
+    forget_bias: float = 1.0
+    max_loss: float = 100.0
+    seed: int = 0
+    val_size: int = 5000
+    train_subset: int | None = None
+    data_dir: str | None = None
+    download: bool = False
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a resume continues exactly."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimizer steps
+    epoch_pos: int = 0  # batches done in the current epoch
+    loss_sum: float = 0.0  # over the current epoch
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0  # training time so far, all sessions
+    best_val: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The run's splits: training (after --train-subset), validation and test."""
+
+    train_x: NDArray[np.float32]
+    train_y: NDArray[np.int64]
+    val_x: NDArray[np.float32]
+    val_y: NDArray[np.int64]
+    test_x: NDArray[np.float32]
+    test_y: NDArray[np.int64]
+    num_classes: int
+
+    @property
+    def input_size(self) -> int:
+        return int(self.train_x.shape[2])
+
+
+@dataclass(frozen=True)
+class TestResult:
+    correct: int
+    total: int
+    predicted: NDArray[np.int64]
+
+
+def load_run_data(cfg: Config) -> RunData:
+    mnist = data.load_mnist(cfg.data_dir, download_missing=cfg.download)
+    train_x, train_y, val_x, val_y = data.split_validation(
+        mnist.train_images, mnist.train_labels, cfg.val_size
+    )
+    if cfg.train_subset is not None:
+        train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    return RunData(
+        train_x, train_y, val_x, val_y, mnist.test_images, mnist.test_labels, mnist.num_classes
+    )
+
+
+def make_model(cfg: Config, input_size: int, num_classes: int, device: str) -> SequenceClassifier:
+    return SequenceClassifier(
+        input_size,
+        cfg.hidden,
+        num_classes,
+        forget_bias=cfg.forget_bias,
+        seed=cfg.seed,
+        device=device,
+    )
+
+
+def make_optimizer(cfg: Config, params: dict[str, Array]) -> optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return optim.SGD(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return optim.Adam(
+        params, cfg.lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw"
+    )
+
+
+def lr_for(cfg: Config, step: int, total: int) -> float:
+    """The learning rate of (0-based) ``step`` of ``total``; step schedule: x0.1 each third."""
+    return optim.lr_at(cfg.schedule, cfg.lr, step, total, step_size=max(total // 3, 1))
+
+
+class Reporter:
+    """What a run prints while it trains: epoch lines and a progress bar on stderr, or nothing
+    when quiet. The final result is printed by the caller, quiet or not."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._bar: Any = None
+        self._started = 0.0
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int, done: int) -> None:
+        self._started = time.perf_counter()
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=batches,
+            initial=done,
+            leave=False,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def batch_done(self, prog: Progress) -> None:
+        if self._bar is None:
+            return
+        elapsed = time.perf_counter() - self._started
+        self._bar.update(1)
+        self._bar.set_postfix(
+            loss=f"{prog.loss_sum / prog.seen:.4f}",
+            acc=f"{100 * prog.correct / prog.seen:.2f}%",
+            rate=f"{prog.seen / max(elapsed, 1e-9):.0f}/s",
+            refresh=False,
+        )
+
+    def end_epoch(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def epoch_line(self, row: dict[str, Any]) -> None:
+        self.say(
+            f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}  "
+            f"train acc {100 * row['train_accuracy']:.2f}%  "
+            f"val acc {100 * row['val_accuracy']:.2f}%  "
+            f"{row['samples_per_s']:.0f} samples/s  {row['seconds']:.1f}s"
+        )
+
+
+class Run:
+    """One training run in ``run_dir``: create it with :meth:`create` or :meth:`resume`, then
+    :meth:`train` and :meth:`test`."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        run_data: RunData,
+        *,
+        device: str = "cpu",
+        tf32: bool = False,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.cfg, self.run_dir, self.data = cfg, run_dir, run_data
+        self.device, self.tf32 = device, tf32
+        self.reporter = reporter if reporter is not None else Reporter(quiet=True)
+        self.model = make_model(cfg, run_data.input_size, run_data.num_classes, device)
+        self.opt = make_optimizer(cfg, self.model.params)
+        self.rng = np.random.default_rng(cfg.seed + 1)
+        self.prog = Progress()
+        self.order = self.rng.permutation(len(run_data.train_x))
+        self._stepper: Stepper | None = None
+
+    # ---- creation ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        cfg: Config,
+        run_dir: Path,
+        *,
+        device: str = "cpu",
+        tf32: bool = False,
+        reporter: Reporter | None = None,
+    ) -> Run:
+        """A new run: loads the data, makes the directory and writes config.json."""
+        run = cls(cfg, run_dir, load_run_data(cfg), device=device, tf32=tf32, reporter=reporter)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _files.write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+        _files.remove_stale_temporaries(run_dir, RUN_FILES)
+        return run
+
+    @classmethod
+    def resume(
+        cls,
+        run_dir: Path,
+        *,
+        device: str = "cpu",
+        tf32: bool = False,
+        reporter: Reporter | None = None,
+    ) -> Run:
+        """The run saved in ``run_dir`` (its config.json and last.npz), ready to go on."""
+        cfg = read_config(run_dir)
+        run = cls(cfg, run_dir, load_run_data(cfg), device=device, tf32=tf32, reporter=reporter)
+        run.restore(run_dir / "last.npz")
+        run.reporter.say(f"resumed {run_dir} at epoch {run.prog.epoch}, step {run.prog.step}")
+        _files.remove_stale_temporaries(run_dir, RUN_FILES)
+        return run
+
+    # ---- sizes ---------------------------------------------------------------------------------
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.train_x) / self.cfg.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        cfg = self.cfg
+        return cfg.iters if cfg.iters is not None else cfg.epochs * self.steps_per_epoch
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
+    def finished(self) -> bool:
+        return self.prog.step >= self.total_steps
+
+    # ---- training ------------------------------------------------------------------------------
+
+    @property
+    def stepper(self) -> Stepper:
+        """Made on first use, after any restore, so the GPU starts from the restored state."""
+        if self._stepper is None:
+            self._stepper = make_stepper(
+                self.device,
+                self.model,
+                self.opt,
+                self.data.train_x,
+                self.data.train_y,
+                clip=self.cfg.clip,
+                max_loss=self.cfg.max_loss,
+                max_batch=self.cfg.batch_size,
+                tf32=self.tf32,
+            )
+        return self._stepper
+
+    def train(self, stop_requested: Callable[[], bool] = lambda: False) -> bool:
+        """Trains to the end; True when finished, False when ``stop_requested()`` said so
+        between two steps (last.npz then holds the state after that step)."""
+        while not self.finished:
+            if not self._train_epoch(stop_requested):
+                return False
+        return True
+
+    def _train_epoch(self, stop_requested: Callable[[], bool]) -> bool:
+        prog, reporter = self.prog, self.reporter
+        started = time.perf_counter()
+        batches = data.batches(len(self.data.train_x), self.cfg.batch_size, self.order)
+        reporter.start_epoch(prog.epoch + 1, self.epochs, len(batches), prog.epoch_pos)
+        try:
+            for idx in batches[prog.epoch_pos :]:
+                if self.finished:
+                    break
+                self._step(idx)
+                reporter.batch_done(prog)
+                if stop_requested():
+                    prog.seconds += time.perf_counter() - started
+                    self.stepper.sync()
+                    self.save(self.run_dir / "last.npz", self.order)
+                    return False
+        finally:
+            reporter.end_epoch()
+        prog.seconds += time.perf_counter() - started
+        self.stepper.sync()  # the host model and optimizer now hold the device's state
+        self._finish_epoch()
+        self.order = self.rng.permutation(len(self.data.train_x))
+        prog.epoch_pos = 0
+        self.save(self.run_dir / "last.npz", self.order)
+        return True
+
+    def _step(self, idx: Array) -> None:
+        prog = self.prog
+        lr = lr_for(self.cfg, prog.step, self.total_steps)
+        loss, correct, problem = self.stepper.step(idx, lr)
+        if problem is not None:
+            raise TrainingError(
+                f"step {prog.step + 1}: {problem}; training stopped "
+                f"(last.npz and best.npz hold the last good state)"
+            )
+        prog.step += 1
+        prog.epoch_pos += 1
+        prog.loss_sum += loss * len(idx)
+        prog.correct += correct
+        prog.seen += len(idx)
+
+    def _finish_epoch(self) -> None:
+        prog, val_x, val_y = self.prog, self.data.val_x, self.data.val_y
+        val_acc = float(np.mean(self.stepper.predict(val_x) == val_y)) if len(val_x) else math.nan
+        prog.epoch += 1
+        epoch_seconds = prog.seconds - (prog.history[-1]["seconds"] if prog.history else 0.0)
+        row = {
+            "epoch": prog.epoch,
+            "step": prog.step,
+            "train_loss": prog.loss_sum / max(prog.seen, 1),
+            "train_accuracy": prog.correct / max(prog.seen, 1),
+            "val_accuracy": val_acc,
+            "lr": self.opt.lr,
+            "seconds": prog.seconds,
+            "epoch_seconds": epoch_seconds,
+            "samples_per_s": prog.seen / max(epoch_seconds, 1e-9),
+        }
+        prog.history.append(row)
+        prog.loss_sum, prog.correct, prog.seen = 0.0, 0, 0
+        self.reporter.epoch_line(row)
+        is_best = len(val_x) == 0 or val_acc > prog.best_val
+        if is_best:
+            prog.best_val = val_acc
+            # best.npz first: if we die between the two writes, last.npz still points before
+            # this epoch
+            self.save(self.run_dir / "best.npz", np.zeros(0, np.int64))
+        self.write_metrics(prog.history)
+
+    # ---- state on disk -------------------------------------------------------------------------
+
+    def save(self, path: Path, order: Array) -> None:
+        """A checkpoint of the whole state; refused (TrainingError) for a non-finite model."""
+        for name, value in self.model.params.items():
+            if not np.all(np.isfinite(value)):
+                raise TrainingError(
+                    f"step {self.prog.step}: parameter {name} is not finite; not saving "
+                    f"{path.name} (the previous checkpoints are kept)"
+                )
+        meta = {
+            "config": asdict(self.cfg),
+            "progress": asdict(self.prog),
+            "rng": self.rng.bit_generator.state,
+            "model": self.model.config,
+        }
+        checkpoint.save(
+            path, self.model.params, self.opt.state_dict(), meta, {"epoch_order": order}
+        )
+
+    def restore(self, path: Path) -> None:
+        """Loads last.npz into model, optimizer, RNG and progress; nothing changes unless all
+        of it is valid."""
+        params, opt_state, meta, other = checkpoint.load(path)
+        try:
+            prog = Progress(**meta["progress"])
+            rng_state = meta["rng"]
+            order = other["epoch_order"]
+        except (KeyError, TypeError) as err:
+            raise checkpoint.CheckpointError(f"{path}: incomplete metadata: {err}") from err
+        if len(order) != len(self.data.train_x):
+            raise checkpoint.CheckpointError(f"{path}: saved for another data set")
+        trial = np.random.default_rng()
+        try:
+            trial.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError) as err:
+            raise checkpoint.CheckpointError(f"{path}: bad RNG state: {err}") from err
+        try:
+            self.opt.check_state(opt_state)
+        except ValueError as err:
+            raise checkpoint.CheckpointError(f"{path}: {err}") from err
+        checkpoint.assign_params(path, params, self.model.params)  # validates first
+        self.opt.load_state_dict(opt_state)
+        self.rng.bit_generator.state = rng_state
+        self.prog, self.order = prog, order
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """metrics.jsonl, rewritten atomically from the history the checkpoint holds."""
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        _files.write_text(self.run_dir / "metrics.jsonl", text)
+
+    # ---- the result ----------------------------------------------------------------------------
+
+    def test(self) -> TestResult:
+        """The best model's (best.npz) accuracy on the test set; writes the final metrics row
+        and curves.png."""
+        best = self.run_dir / "best.npz"
+        if best.is_file():
+            params, _, _, _ = checkpoint.load(best)
+            checkpoint.assign_params(best, params, self.model.params)
+        predicted = self.model.predict(self.data.test_x)
+        correct = int((predicted == self.data.test_y).sum())
+        total = len(self.data.test_y)
+        final = {
+            "test_accuracy": correct / max(total, 1),
+            "test_correct": correct,
+            "test_total": total,
+            "model": "best.npz",
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        self.write_metrics([*self.prog.history, final])
+        plot_curves(self.run_dir, self.prog.history)
+        return TestResult(correct, total, predicted)
+
+    def report(self, result: TestResult) -> str:
+        """The confusion matrix (unless quiet) and the accuracy line, as printed."""
+        lines = []
+        if not self.reporter.quiet:
+            m = confusion_matrix(self.data.test_y, result.predicted, self.data.num_classes)
+            lines.append(format_confusion(m))
+        lines.append(accuracy_line(result.correct, result.total))
+        return "\n".join(lines)
+
+
+def read_config(run_dir: Path) -> Config:
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        return Config(**saved)
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise checkpoint.CheckpointError(f"{run_dir}/config.json: cannot resume: {err}") from err
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """curves.png (loss and accuracy per epoch) when matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="train loss", yscale="log")
+    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], marker="o", label="train")
+    ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in history], marker="o", label="val")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(fig)

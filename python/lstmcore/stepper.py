@@ -1,0 +1,149 @@
+"""One training step on either device, and the one rule that decides whether it is applied.
+
+A stepper computes the loss and gradients of a batch, asks :func:`divergence` whether the run
+has diverged, and applies the optimizer update only when it has not. The rule is the same for
+both devices and lives only here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lstmcore import optim
+from lstmcore.nn import SequenceClassifier
+
+Array = NDArray[Any]
+
+__all__ = ["CpuStepper", "CudaStepper", "Stepper", "divergence", "make_stepper"]
+
+
+def divergence(loss: float, grads: dict[str, Array], max_loss: float) -> str | None:
+    """What shows the run has diverged (the first non-finite quantity, or a loss above
+    max_loss), or None."""
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    for name, g in grads.items():
+        if not np.all(np.isfinite(g)):
+            return f"gradient of {name} is not finite"
+    if loss > max_loss:
+        return f"loss {loss:.4g} exceeds --max-loss {max_loss:g} (diverging)"
+    return None
+
+
+class Stepper(Protocol):
+    def step(self, idx: Array, lr: float) -> tuple[float, int, str | None]:
+        """Trains on the batch ``idx``; (mean loss, correct, why it was not applied or None)."""
+        ...
+
+    def sync(self) -> None:
+        """Brings the stepper's state into the host model and optimizer."""
+        ...
+
+    def predict(self, images: Array) -> NDArray[np.int64]: ...
+
+
+class CpuStepper:
+    """One training step on the CPU core; the host model and optimizer are the state."""
+
+    def __init__(
+        self,
+        model: SequenceClassifier,
+        opt: optim.Optimizer,
+        images: Array,
+        labels: Array,
+        *,
+        clip: float,
+        max_loss: float,
+    ) -> None:
+        self.model, self.opt = model, opt
+        self.images, self.labels = images, labels
+        self.clip, self.max_loss = clip, max_loss
+
+    def step(self, idx: Array, lr: float) -> tuple[float, int, str | None]:
+        self.opt.lr = lr
+        # non-finite values are caught just below, by name: no numpy warnings
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, correct = self.model.loss_and_grads(self.images[idx], self.labels[idx])
+        grads = self.model.grads
+        problem = divergence(loss, grads, self.max_loss)
+        if problem is None:
+            if self.clip > 0:
+                optim.clip_grad_norm(grads, self.clip)
+            self.opt.step(grads)
+        return loss, correct, problem
+
+    def sync(self) -> None:
+        """Nothing to do: the host arrays are the state."""
+
+    def predict(self, images: Array) -> NDArray[np.int64]:
+        return self.model.predict(images)
+
+
+class CudaStepper:
+    """One training step on the GPU (lstmcore.cuda_train); sync() brings the device state to
+    the host model and optimizer before they are evaluated or saved."""
+
+    def __init__(
+        self,
+        model: SequenceClassifier,
+        opt: optim.Optimizer,
+        images: Array,
+        labels: Array,
+        *,
+        clip: float,
+        max_loss: float,
+        max_batch: int,
+        tf32: bool,
+    ) -> None:
+        from lstmcore.cuda_train import CudaSession
+
+        self.model, self.opt, self.max_loss = model, opt, max_loss
+        self.session = CudaSession(
+            model, opt, images, labels, max_batch=max_batch, clip=clip, tf32=tf32
+        )
+        self.session.push(model, opt)
+
+    def step(self, idx: Array, lr: float) -> tuple[float, int, str | None]:
+        self.opt.lr = lr
+        loss, correct, applied = self.session.step(idx, lr)
+        # the device skips a non-finite update itself; name what was not finite
+        if not applied and math.isfinite(loss):
+            return loss, correct, "a gradient is not finite"
+        return loss, correct, divergence(loss, {}, self.max_loss)
+
+    def sync(self) -> None:
+        self.session.pull(self.model, self.opt)
+
+    def predict(self, images: Array) -> NDArray[np.int64]:
+        """Validation on the device, with the device's parameters."""
+        return self.session.predict(images)
+
+
+def make_stepper(
+    device: str,
+    model: SequenceClassifier,
+    opt: optim.Optimizer,
+    images: Array,
+    labels: Array,
+    *,
+    clip: float,
+    max_loss: float,
+    max_batch: int,
+    tf32: bool,
+) -> Stepper:
+    if device == "cuda":
+        return CudaStepper(
+            model,
+            opt,
+            images,
+            labels,
+            clip=clip,
+            max_loss=max_loss,
+            max_batch=max_batch,
+            tf32=tf32,
+        )
+    return CpuStepper(model, opt, images, labels, clip=clip, max_loss=max_loss)
