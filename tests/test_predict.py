@@ -11,8 +11,8 @@ import pytest
 from trained import final_metrics, trained_run
 
 import lstmcore
-from lstmcore import checkpoint, data, evaluate, predict
-from lstmcore.model import Classifier, Task, make_permutation
+from lstmcore import checkpoint, data, predict
+from lstmcore.model import Classifier
 
 
 @pytest.fixture(scope="module")
@@ -148,65 +148,3 @@ def test_predict_cli_with_a_bad_checkpoint_gives_one_error_line(
     assert predict.main([str(bogus), str(tmp_path / "x.png")]) == 1
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1 and err.startswith("error: ")
-
-
-# ---- tasks: rows, pixels, permuted -----------------------------------------------------------
-
-TINY = (
-    "--iters", "3", "--hidden", "8", "--batch-size", "16", "--train-subset", "64",
-    "--val-size", "100",
-)  # fmt: skip
-
-
-@pytest.mark.parametrize("task", ["rows", "pixels", "permuted"])
-def test_each_task_round_trips_through_checkpoint_evaluate_predict_and_export(
-    task: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    mnist: data.MnistData,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    run = trained_run(tmp_path_factory, (*TINY, "--task", task, "--perm-seed", "3"))
-    model = lstmcore.load(run / "best.npz")
-    steps, inputs = (28, 28) if task == "rows" else (784, 1)
-    assert model.task.name == task and model.network.config["input_size"] == inputs
-    images = mnist.test_images[:5]
-    seq = model.task.sequences(images)
-    assert seq.shape == (5, steps, inputs)
-    if task == "permuted":
-        perm = model.task.permutation
-        np.testing.assert_array_equal(perm, make_permutation(784, 3))
-        np.testing.assert_array_equal(seq[:, :, 0], images.reshape(5, -1)[:, perm])
-    else:
-        assert model.task.permutation is None
-    # the trainer's test result, evaluate's and predict's agree: one task, applied alike
-    correct = int(np.sum(model.predict(mnist.test_images) == mnist.test_labels))
-    assert correct == final_metrics(run)["test_correct"]
-    capsys.readouterr()
-    assert evaluate.main([str(run / "best.npz")]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last == f"test accuracy: {correct / 100:.2f}% ({correct}/10000)"
-    onnxruntime = pytest.importorskip("onnxruntime")
-    from lstmcore import export
-
-    export.export(run / "best.npz", run / "m.onnx")
-    session = onnxruntime.InferenceSession(str(run / "m.onnx"), providers=["CPUExecutionProvider"])
-    logits = session.run(["logits"], {"images": images})[0]
-    assert np.abs(logits - model.logits(images)).max() <= 1e-4
-
-
-def test_a_permuted_model_reads_pixels_in_its_own_order(
-    tmp_path_factory: pytest.TempPathFactory, mnist: data.MnistData
-) -> None:
-    permuted = lstmcore.load(
-        trained_run(tmp_path_factory, (*TINY, "--task", "permuted", "--perm-seed", "3"))
-        / "best.npz"
-    )
-    # the same weights reading the pixels in reading order give other outputs
-    plain = Classifier(permuted.network, Task("pixels"), permuted.image_shape)
-    images = mnist.test_images[:20]
-    assert np.abs(plain.logits(images) - permuted.logits(images)).max() > 1e-3
-    reordered = np.empty_like(images.reshape(20, -1))
-    reordered[:, :] = images.reshape(20, -1)[:, permuted.task.permutation]
-    np.testing.assert_allclose(
-        plain.logits(reordered.reshape(20, 28, 28)), permuted.logits(images), atol=1e-6
-    )

@@ -24,7 +24,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["ImageError", "fit_like_mnist", "load_grayscale", "prepare", "require_pillow"]
+Array = NDArray[Any]
+
+__all__ = [
+    "ImageError",
+    "fit_like_mnist",
+    "load_grayscale",
+    "prepare",
+    "random_shift",
+    "require_pillow",
+]
 
 FIELD = 28  # MNIST's image side
 BOX = 20  # the side of the box the digit is scaled into
@@ -123,3 +132,22 @@ def fit_like_mnist(gray: NDArray[np.float32], name: str = "image") -> NDArray[np
 def prepare(path: str | os.PathLike[str]) -> NDArray[np.float32]:
     """An image file -> (28, 28) float32 in [0, 1], ready for ``Classifier.predict``."""
     return fit_like_mnist(load_grayscale(path), str(path))
+
+
+def random_shift(images: Array, max_shift: int, rng: np.random.Generator) -> Array:
+    """Training augmentation: each image (B, rows, cols) moved by its own random whole-pixel
+    offset in [-max_shift, max_shift] along each axis, the uncovered edge filled with 0 (MNIST's
+    background). MNIST centres digits by their centre of mass, so small shifts are the errors a
+    real digit's preparation makes."""
+    if max_shift <= 0:
+        return images
+    n, rows, cols = images.shape
+    s = max_shift
+    padded = np.pad(images, ((0, 0), (s, s), (s, s)))
+    dy = rng.integers(-s, s + 1, n)
+    dx = rng.integers(-s, s + 1, n)
+    # out[b, y, x] = images[b, y - dy[b], x - dx[b]], read from the padded copy
+    r = (s - dy)[:, None] + np.arange(rows)
+    c = (s - dx)[:, None] + np.arange(cols)
+    shifted: Array = padded[np.arange(n)[:, None, None], r[:, :, None], c[:, None, :]]
+    return shifted

@@ -69,6 +69,17 @@ class Task:
         """T, the sequence length."""
         return image_shape[0] if self.name == "rows" else image_shape[0] * image_shape[1]
 
+    def images(self, sequences: Array, image_shape: tuple[int, int]) -> Array:
+        """The inverse of :meth:`sequences`: (B, T, I) -> (B, rows, cols)."""
+        if self.name == "rows":
+            return sequences
+        flat = sequences.reshape(sequences.shape[0], -1)
+        if self.permutation is not None:
+            unpermuted = np.empty_like(flat)
+            unpermuted[:, self.permutation] = flat
+            flat = unpermuted
+        return flat.reshape(-1, *image_shape)
+
     def sequences(self, images: Array) -> Array:
         """(B, rows, cols) -> (B, T, I): a view for rows and pixels, a copy for permuted."""
         if self.name == "rows":

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import _files, checkpoint, data, optim
+from lstmcore import _files, checkpoint, data, imaging, optim
+from lstmcore.model import Task, make_permutation, task_record
 from lstmcore.nn import SequenceClassifier
 from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
 from lstmcore.stepper import Stepper, make_stepper
@@ -73,6 +74,9 @@ class Config:
     train_subset: int | None = None
     data_dir: str | None = None
     download: bool = False
+    task: str = "rows"  # rows | pixels | permuted (lstmcore.model.Task)
+    perm_seed: int = 0  # the permuted task's pixel order
+    shift: int = 0  # augmentation: random shifts of up to this many pixels (CPU only)
 
 
 @dataclass
@@ -101,6 +105,8 @@ class RunData:
     test_x: NDArray[np.float32]
     test_y: NDArray[np.int64]
     num_classes: int
+    task: Task = field(default_factory=Task)
+    image_shape: tuple[int, int] = (28, 28)  # (rows, cols) of the images before the task
 
     @property
     def input_size(self) -> int:
@@ -114,15 +120,33 @@ class TestResult:
     predicted: NDArray[np.int64]
 
 
+def make_task(cfg: Config, image_shape: tuple[int, int]) -> Task:
+    if cfg.task == "permuted":
+        return Task("permuted", make_permutation(image_shape[0] * image_shape[1], cfg.perm_seed))
+    return Task(cfg.task)
+
+
 def load_run_data(cfg: Config) -> RunData:
+    """The splits as the task's sequences (B, T, I), converted once (a copy for permuted)."""
     mnist = data.load_mnist(cfg.data_dir, download_missing=cfg.download)
     train_x, train_y, val_x, val_y = data.split_validation(
         mnist.train_images, mnist.train_labels, cfg.val_size
     )
     if cfg.train_subset is not None:
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    shape = (int(train_x.shape[1]), int(train_x.shape[2]))
+    task = make_task(cfg, shape)
+    seq = task.sequences
     return RunData(
-        train_x, train_y, val_x, val_y, mnist.test_images, mnist.test_labels, mnist.num_classes
+        seq(train_x),
+        train_y,
+        seq(val_x),
+        val_y,
+        seq(mnist.test_images),
+        mnist.test_labels,
+        mnist.num_classes,
+        task,
+        shape,
     )
 
 
@@ -154,8 +178,11 @@ class Reporter:
     """What a run prints while it trains: epoch lines and a progress bar on stderr, or nothing
     when quiet. The final result is printed by the caller, quiet or not."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, progress: bool | None = None) -> None:
         self.quiet = quiet
+        # a bar redrawn in place only where someone watches: in a log file its frames would
+        # pile up as thousands of carriage-return lines
+        self.progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
         self._bar: Any = None
         self._started = 0.0
 
@@ -167,7 +194,7 @@ class Reporter:
 
     def start_epoch(self, epoch: int, epochs: int, batches: int, done: int) -> None:
         self._started = time.perf_counter()
-        if self.quiet:
+        if not self.progress:
             return
         from tqdm import tqdm
 
@@ -302,8 +329,17 @@ class Run:
                 max_loss=self.cfg.max_loss,
                 max_batch=self.cfg.batch_size,
                 tf32=self.tf32,
+                batch=self._batch if self.cfg.shift > 0 else None,
             )
         return self._stepper
+
+    def _batch(self, idx: Array) -> Array:
+        """A training batch with random shifts (--shift), as the task's sequences."""
+        # drawn from the seed and the step alone, so a resumed run draws the same shifts
+        rng = np.random.default_rng((self.cfg.seed, 1, self.prog.step))
+        task, shape = self.data.task, self.data.image_shape
+        images = task.images(self.data.train_x[idx], shape)
+        return task.sequences(imaging.random_shift(images, self.cfg.shift, rng))
 
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> bool:
         """Trains to the end; True when finished, False when ``stop_requested()`` said so
@@ -397,9 +433,10 @@ class Run:
             "rng": self.rng.bit_generator.state,
             "model": self.model.config,
         }
-        checkpoint.save(
-            path, self.model.params, self.opt.state_dict(), meta, {"epoch_order": order}
-        )
+        task_meta, task_arrays = task_record(self.data.task, self.data.image_shape)
+        meta["task"] = task_meta
+        arrays = {"epoch_order": order, **task_arrays}
+        checkpoint.save(path, self.model.params, self.opt.state_dict(), meta, arrays)
 
     def restore(self, path: Path) -> None:
         """Loads last.npz into model, optimizer, RNG and progress; nothing changes unless all
