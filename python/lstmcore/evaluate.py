@@ -94,17 +94,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        model = load_model(args.checkpoint)
+        from lstmcore.model import load
+
+        classifier = load(args.checkpoint)  # the network and its task (rows, pixels, permuted)
         mnist = data.load_mnist(args.data_dir)
-        if mnist.test_images.shape[2] != model.config["input_size"]:
+        try:
+            classifier.check_images(mnist.test_images[:1])
+        except ValueError as err:
             raise data.DataError(
-                f"{args.data_dir}: images are {mnist.test_images.shape[1:]}, "
-                f"the model reads rows of {model.config['input_size']}"
-            )
+                f"{args.data_dir}: images are {mnist.test_images.shape[1:]}, the model reads "
+                f"{classifier.image_shape} ({err})"
+            ) from err
     except (checkpoint.CheckpointError, data.DataError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    predicted = model.predict(mnist.test_images)
+    predicted = classifier.predict(mnist.test_images)
+    model = classifier.network
     correct = int(np.sum(predicted == mnist.test_labels))
     classes = max(model.config["num_classes"], mnist.num_classes)
     print(format_confusion(confusion_matrix(mnist.test_labels, predicted, classes)))

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import _files, checkpoint, data, optim
+from lstmcore import _files, checkpoint, data, imaging, optim
+from lstmcore.model import Task, make_permutation, task_record
 from lstmcore.nn import SequenceClassifier, upgrade_v01_optim_state, upgrade_v01_params
 from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
 from lstmcore.stepper import Stepper, make_stepper
@@ -101,6 +102,9 @@ class Config:
     train_subset: int | None = None
     data_dir: str | None = None
     download: bool = False
+    task: str = "rows"  # rows | pixels | permuted (lstmcore.model.Task)
+    perm_seed: int = 0  # the permuted task's pixel order
+    shift: int = 0  # augmentation: random shifts of up to this many pixels (CPU only)
 
 
 @dataclass
@@ -129,6 +133,8 @@ class RunData:
     test_x: NDArray[np.float32]
     test_y: NDArray[np.int64]
     num_classes: int
+    task: Task = field(default_factory=Task)
+    image_shape: tuple[int, int] = (28, 28)  # (rows, cols) of the images before the task
 
     @property
     def input_size(self) -> int:
@@ -142,8 +148,15 @@ class TestResult:
     predicted: NDArray[np.int64]
 
 
+def make_task(cfg: Config, image_shape: tuple[int, int]) -> Task:
+    if cfg.task == "permuted":
+        return Task("permuted", make_permutation(image_shape[0] * image_shape[1], cfg.perm_seed))
+    return Task(cfg.task)
+
+
 def load_run_data(cfg: Config) -> RunData:
-    """The data set split as the config says; ConfigError when it cannot be split so."""
+    """The splits as the task's sequences (B, T, I), converted once (a copy for permuted);
+    ConfigError when the data set cannot be split as the config says."""
     mnist = data.load_mnist(cfg.data_dir, download_missing=cfg.download)
     available = len(mnist.train_images)
     if cfg.val_size >= available:
@@ -161,8 +174,19 @@ def load_run_data(cfg: Config) -> RunData:
                 f"remain after --val-size {cfg.val_size}"
             )
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    shape = (int(train_x.shape[1]), int(train_x.shape[2]))
+    task = make_task(cfg, shape)
+    seq = task.sequences
     return RunData(
-        train_x, train_y, val_x, val_y, mnist.test_images, mnist.test_labels, mnist.num_classes
+        seq(train_x),
+        train_y,
+        seq(val_x),
+        val_y,
+        seq(mnist.test_images),
+        mnist.test_labels,
+        mnist.num_classes,
+        task,
+        shape,
     )
 
 
@@ -212,8 +236,11 @@ class Reporter:
     """What a run prints while it trains: epoch lines and a progress bar on stderr, or nothing
     when quiet. The final result is printed by the caller, quiet or not."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, progress: bool | None = None) -> None:
         self.quiet = quiet
+        # a bar redrawn in place only where someone watches: in a log file its frames would
+        # pile up as thousands of carriage-return lines
+        self.progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
         self._bar: Any = None
         self._started = 0.0
 
@@ -225,7 +252,7 @@ class Reporter:
 
     def start_epoch(self, epoch: int, epochs: int, batches: int, done: int) -> None:
         self._started = time.perf_counter()
-        if self.quiet:
+        if not self.progress:
             return
         from tqdm import tqdm
 
@@ -453,8 +480,17 @@ class Run:
                 max_loss=self.cfg.max_loss,
                 max_batch=self.cfg.batch_size,
                 tf32=self.tf32,
+                batch=self._batch if self.cfg.shift > 0 else None,
             )
         return self._stepper
+
+    def _batch(self, idx: Array) -> Array:
+        """A training batch with random shifts (--shift), as the task's sequences."""
+        # drawn from the seed and the step alone, so a resumed run draws the same shifts
+        rng = np.random.default_rng((self.cfg.seed, 1, self.prog.step))
+        task, shape = self.data.task, self.data.image_shape
+        images = task.images(self.data.train_x[idx], shape)
+        return task.sequences(imaging.random_shift(images, self.cfg.shift, rng))
 
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> bool:
         """Trains to the end; True when finished, False when ``stop_requested()`` said so
@@ -550,9 +586,10 @@ class Run:
             "dropout_rng": self.model.lstm.dropout_rng.bit_generator.state,
             "model": self.model.config,
         }
-        checkpoint.save(
-            path, self.model.params, self.opt.state_dict(), meta, {"epoch_order": order}
-        )
+        task_meta, task_arrays = task_record(self.data.task, self.data.image_shape)
+        meta["task"] = task_meta
+        arrays = {"epoch_order": order, **task_arrays}
+        checkpoint.save(path, self.model.params, self.opt.state_dict(), meta, arrays)
 
     def restore(self, path: Path) -> None:
         """Loads last.npz into model, optimizer, RNG and progress; nothing changes unless all

@@ -1,7 +1,8 @@
 """``python -m lstmcore.train``: the row-by-row MNIST LSTM, trained by the C++ core.
 
-Each 28x28 image is a sequence of 28 rows of 28 pixels; an LSTM (one layer by default; more
-with --layers, both directions with --bidirectional); the top layer's last hidden states
+Each 28x28 image is a sequence of 28 rows of 28 pixels (``--task pixels``: 784 pixels, one a
+step; ``--task permuted``: the same in one fixed random order); an LSTM (one layer by default;
+more with --layers, both directions with --bidirectional); the top layer's last hidden states
 into a linear layer to the classes; softmax cross-entropy. The last line printed is
 ``test accuracy: XX.XX% (correct/total)``.
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import lstmcore
 from lstmcore import checkpoint, data
+from lstmcore.model import TASKS
 from lstmcore.run import (
     Config,
     ConfigError,
@@ -177,6 +179,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train on only the first N training images (quick checks)",
     )
+    p.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default=d.task,
+        help="rows: 28 steps of 28 pixels; pixels: 784 steps of 1 pixel; permuted: 784 steps "
+        "of 1 pixel in one fixed random order (--perm-seed), stored in the checkpoint",
+    )
+    p.add_argument(
+        "--perm-seed",
+        type=non_negative_int,
+        default=d.perm_seed,
+        help="seed of the permuted task's pixel order",
+    )
+    p.add_argument(
+        "--shift",
+        type=non_negative_int,
+        default=None,
+        help=f"augmentation: move each training image by up to N pixels at random (default "
+        f"{d.shift} on the CPU; 0, and only 0, with --device cuda)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train")
     p.add_argument(
         "--tf32",
@@ -221,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the run already in --out (without it, an existing run is refused)",
     )
     p.add_argument("--quiet", action="store_true", help="print only the final result")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the progress bar on stderr (default: only when stderr is a terminal); epoch "
+        "lines and the result are printed either way",
+    )
     return p
 
 
@@ -259,11 +288,15 @@ def given_flags(argv: list[str] | None) -> set[str]:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(**{k: getattr(args, k) for k in asdict(Config()) if hasattr(args, k)})
+    values = {k: getattr(args, k) for k in asdict(Config()) if hasattr(args, k)}
+    if values.get("shift") is None:
+        # the GPU keeps the training set on the device: no per-batch augmentation there
+        values["shift"] = 0 if args.device == "cuda" else Config().shift
+    return Config(**values)
 
 
 def open_run(args: argparse.Namespace, given: set[str]) -> Run:
-    reporter = Reporter(quiet=bool(args.quiet))
+    reporter = Reporter(quiet=bool(args.quiet), progress=args.progress)
     options = {"device": args.device, "tf32": args.tf32, "reporter": reporter}
     if args.resume:
         if "out" in given:
@@ -305,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # a new run's model is checked here, before any work; a resumed one when its config is read
     problem = check_device(args.device, None if args.resume else config_from_args(args))
+    if problem is None and args.device == "cuda" and args.shift:
+        problem = "--shift needs --device cpu (the GPU path keeps the training set on the device)"
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 1
