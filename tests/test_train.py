@@ -201,9 +201,6 @@ FLAGS = [
     "--iters",
     "--batch-size",
     "--hidden",
-    "--layers",
-    "--bidirectional",
-    "--dropout",
     "--lr",
     "--optimizer",
     "--momentum",
@@ -224,6 +221,14 @@ FLAGS = [
     "--resume",
     "--overwrite",
     "--quiet",
+    "--layers",
+    "--bidirectional",
+    "--dropout",
+    "--task",
+    "--perm-seed",
+    "--shift",
+    "--progress",
+    "--no-progress",
 ]
 
 
@@ -477,7 +482,7 @@ def test_evaluate_reads_another_data_dir(
     narrow = small_dataset(tmp_path / "narrow", rng, cols=20)
     assert evaluate.main([str(one_epoch_run / "best.npz"), "--data-dir", str(narrow)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "rows of 28" in err[0], err
+    assert len(err) == 1 and "images are (28, 20), the model reads (28, 28)" in err[0], err
 
 
 # ---- the run in-process: iterations, schedules, optimizers, the divergence rule -------------
