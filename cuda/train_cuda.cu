@@ -13,6 +13,12 @@ namespace {
 
 constexpr int kReduceThreads = 1024;
 
+// out = a + b, n elements: the core takes torch's two biases as one, summed once per forward
+__global__ void add_kernel(float* out, const float* a, const float* b, std::int64_t n) {
+  const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k < n) out[k] = a[k] + b[k];
+}
+
 // x (T, B, I) time-major from the rows `idx` of images (N, T, I)
 __global__ void gather_kernel(float* x, const float* images, const std::int32_t* idx,
                               std::int64_t T, std::int64_t B, std::int64_t I) {
@@ -156,7 +162,8 @@ std::vector<ParamSlot> param_layout(std::int64_t input_size, std::int64_t hidden
   const std::int64_t H = hidden, I = input_size, C = classes;
   return {{"lstm.weight_ih_l0", 4 * H * I},
           {"lstm.weight_hh_l0", 4 * H * H},
-          {"lstm.bias", 4 * H},
+          {"lstm.bias_ih_l0", 4 * H},
+          {"lstm.bias_hh_l0", 4 * H},
           {"head.weight", C * H},
           {"head.bias", C}};
 }
@@ -186,8 +193,9 @@ struct Trainer::Impl {
   std::int64_t count = 0, P = 0, step = 0;
   std::int64_t last_batch = 0;  // of the last compute(); 0: nothing to apply
   // offsets into the flat parameter buffer (from param_layout)
-  std::int64_t o_w_ih = 0, o_w_hh = 0, o_bias = 0, o_head_w = 0, o_head_b = 0;
+  std::int64_t o_w_ih = 0, o_w_hh = 0, o_bias_ih = 0, o_bias_hh = 0, o_head_w = 0, o_head_b = 0;
   DeviceBuffer<float> images, params, grads, m, v;
+  DeviceBuffer<float> bias;  // (4H,) bias_ih + bias_hh, what the core reads
   DeviceBuffer<std::int32_t> labels, idx, predictions;
   DeviceBuffer<float> x, gates, h_all, c_all, tanh_c, dgates, logits, dlogits, dh_n, dh0, dc0;
   DeviceBuffer<float> row_loss, row_correct;
@@ -226,9 +234,12 @@ struct Trainer::Impl {
   void forward(std::int64_t batch) {
     const Dims d = dims(batch);
     const float* p = params.data();
-    lstm_forward<float>(ctx, cache(), x.data(), nullptr, nullptr, p + o_w_ih, p + o_w_hh,
-                        p + o_bias, d);
     const std::int64_t C = cfg.classes, H = cfg.hidden;
+    add_kernel<<<blocks_for(4 * H), kThreads, 0, ctx.stream()>>>(bias.data(), p + o_bias_ih,
+                                                                 p + o_bias_hh, 4 * H);
+    CUDA_CHECK_LAUNCH();
+    lstm_forward<float>(ctx, cache(), x.data(), nullptr, nullptr, p + o_w_ih, p + o_w_hh,
+                        bias.data(), d);
     fill_rows_kernel<float><<<blocks_for(batch * C), kThreads, 0, ctx.stream()>>>(
         logits.data(), p + o_head_b, batch, C);
     CUDA_CHECK_LAUNCH();
@@ -254,7 +265,8 @@ Trainer::Trainer(const TrainerConfig& cfg, const std::vector<ParamSlot>& layout,
   const std::int64_t I = cfg.input_size;
   s.o_w_ih = offset_of(expected, "lstm.weight_ih_l0");
   s.o_w_hh = offset_of(expected, "lstm.weight_hh_l0");
-  s.o_bias = offset_of(expected, "lstm.bias");
+  s.o_bias_ih = offset_of(expected, "lstm.bias_ih_l0");
+  s.o_bias_hh = offset_of(expected, "lstm.bias_hh_l0");
   s.o_head_w = offset_of(expected, "head.weight");
   s.o_head_b = offset_of(expected, "head.bias");
   s.P = 0;
@@ -271,6 +283,7 @@ Trainer::Trainer(const TrainerConfig& cfg, const std::vector<ParamSlot>& layout,
   CUDA_CHECK(cudaMemsetAsync(s.m.data(), 0, P * sizeof(float), st));
   CUDA_CHECK(cudaMemsetAsync(s.v.data(), 0, P * sizeof(float), st));
   s.stats.grow(3);
+  s.bias.grow(static_cast<std::size_t>(4 * cfg.hidden));
   s.size_batch_buffers(cfg.max_batch);
   s.ctx.synchronize();
 }
@@ -310,11 +323,15 @@ StepResult Trainer::compute(const std::int32_t* indices, std::int64_t batch) {
   gemm<float>(s.ctx, false, false, batch, H, C, 1.0f, s.dlogits.data(), C, p + s.o_head_w, H,
               0.0f, s.dh_n.data(), H);
   const LstmGrads<float> lg{nullptr, s.dh0.data(), s.dc0.data(), g + s.o_w_ih, g + s.o_w_hh,
-                            g + s.o_bias};
+                            g + s.o_bias_ih};
   const LstmConstCache<float> cc{s.gates.data(), s.h_all.data(), s.c_all.data(),
                                  s.tanh_c.data()};
   lstm_backward<float>(s.ctx, lg, s.dgates.data(), cc, s.x.data(), p + s.o_w_ih, p + s.o_w_hh,
                        nullptr, s.dh_n.data(), nullptr, s.dims(batch));
+  // the two biases enter as a sum: bias_hh's gradient is bias_ih's (as in torch)
+  CUDA_CHECK(cudaMemcpyAsync(g + s.o_bias_hh, g + s.o_bias_ih,
+                             static_cast<std::size_t>(4 * H) * sizeof(float),
+                             cudaMemcpyDeviceToDevice, st));
 
   reduce_stats_kernel<<<1, kReduceThreads, 0, st>>>(s.stats.data(), g, s.P, s.row_loss.data(),
                                                      s.row_correct.data(), batch);

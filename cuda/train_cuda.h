@@ -2,9 +2,11 @@
 // cross-entropy) with SGD or Adam/AdamW and gradient-norm clipping, by the same rules as
 // lstmcore.optim. The training set is uploaded once; per step only the batch's indices go up
 // and the loss and correct-count come back. Parameters live in one flat float buffer laid out
-// as param_layout() says: lstm.weight_ih_l0 (4H, I), lstm.weight_hh_l0 (4H, H), lstm.bias (4H,
-// the sum of torch's two biases), head.weight (C, H), head.bias (C). Callers hand their layout over and the trainer refuses
-// any other, so a renamed or reordered parameter raises instead of scrambling the weights.
+// as param_layout() says: lstm.weight_ih_l0 (4H, I), lstm.weight_hh_l0 (4H, H),
+// lstm.bias_ih_l0 (4H), lstm.bias_hh_l0 (4H) (torch's two biases, summed once per forward for
+// the core; both get the summed bias's gradient), head.weight (C, H), head.bias (C): the host
+// model's own order. Callers hand their layout over and the trainer refuses any other, so a
+// renamed or reordered parameter raises instead of scrambling the weights.
 //
 // A step is two calls: compute() (gradients, loss, gradient norm; no parameter changes), then,
 // when the caller's divergence rule (lstmcore.stepper.divergence, the one copy of it) allows,

@@ -194,7 +194,7 @@ def unsupported_on_device(cfg: Config, device: str) -> str | None:
     """Why the model ``cfg`` describes cannot train on ``device``, or None."""
     if device != "cuda":
         return None
-    # the GPU trainer runs one unidirectional layer (lstmcore 0.1's model)
+    # the GPU trainer runs one unidirectional layer
     if cfg.layers > 1:
         return f"--device cuda trains one LSTM layer: --layers {cfg.layers} is not supported there"
     if cfg.bidirectional:
