@@ -153,7 +153,7 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
         cmd = (
             ["--resume", str(run), "--threads", "1", "--quiet"]
             if started
-            else [*args, "--out", str(run)]
+            else [*args, "--out", str(run), "--overwrite"]  # killed before its first save
         )
         proc = subprocess.Popen(
             [sys.executable, "-m", "lstmcore.train", *cmd],

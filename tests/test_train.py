@@ -335,6 +335,12 @@ def test_an_existing_run_is_not_overwritten_without_asking(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resume" in err[0] and "--overwrite" in err[0], err
     assert (run / "metrics.jsonl").read_bytes() == before
+    # a run killed before its first save cannot be resumed: the line offers only --overwrite
+    (run / "last.npz").rename(run / "kept.npz")
+    assert train.main([*QUICK, "--out", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" not in err[0] and "--overwrite" in err[0], err
+    (run / "kept.npz").rename(run / "last.npz")
     args = [*QUICK, "--epochs", "1", "--seed", "3", "--out", str(run), "--overwrite"]
     assert train.main(args) == 0
     assert json.loads((run / "config.json").read_text())["seed"] == 3

@@ -341,9 +341,11 @@ class Run:
             run._lock.acquire()
             existing = [n for n in RUN_FILES if (run_dir / n).exists()]
             if existing and not overwrite:
+                resumable = (run_dir / "last.npz").exists()
                 raise RunError(
-                    f"{run_dir} already holds a run ({', '.join(existing)}): continue it with "
-                    f"--resume {run_dir}, or replace it with --overwrite"
+                    f"{run_dir} already holds a run ({', '.join(existing)}): "
+                    + (f"continue it with --resume {run_dir}, or " if resumable else "")
+                    + "replace it with --overwrite"
                 )
             for name in RUN_FILES + OTHER_FILES:
                 (run_dir / name).unlink(missing_ok=True)
