@@ -154,8 +154,8 @@ std::int64_t offset_of(const std::vector<ParamSlot>& layout, const std::string& 
 std::vector<ParamSlot> param_layout(std::int64_t input_size, std::int64_t hidden,
                                     std::int64_t classes) {
   const std::int64_t H = hidden, I = input_size, C = classes;
-  return {{"lstm.w_ih", 4 * H * I},
-          {"lstm.w_hh", 4 * H * H},
+  return {{"lstm.weight_ih_l0", 4 * H * I},
+          {"lstm.weight_hh_l0", 4 * H * H},
           {"lstm.bias", 4 * H},
           {"head.weight", C * H},
           {"head.bias", C}};
@@ -252,8 +252,8 @@ Trainer::Trainer(const TrainerConfig& cfg, const std::vector<ParamSlot>& layout,
   Impl& s = *impl_;
   check_dims(s.dims(cfg.max_batch));
   const std::int64_t I = cfg.input_size;
-  s.o_w_ih = offset_of(expected, "lstm.w_ih");
-  s.o_w_hh = offset_of(expected, "lstm.w_hh");
+  s.o_w_ih = offset_of(expected, "lstm.weight_ih_l0");
+  s.o_w_hh = offset_of(expected, "lstm.weight_hh_l0");
   s.o_bias = offset_of(expected, "lstm.bias");
   s.o_head_w = offset_of(expected, "head.weight");
   s.o_head_b = offset_of(expected, "head.bias");

@@ -2,8 +2,8 @@
 // cross-entropy) with SGD or Adam/AdamW and gradient-norm clipping, by the same rules as
 // lstmcore.optim. The training set is uploaded once; per step only the batch's indices go up
 // and the loss and correct-count come back. Parameters live in one flat float buffer laid out
-// as param_layout() says: lstm.w_ih (4H, I), lstm.w_hh (4H, H), lstm.bias (4H),
-// head.weight (C, H), head.bias (C). Callers hand their layout over and the trainer refuses
+// as param_layout() says: lstm.weight_ih_l0 (4H, I), lstm.weight_hh_l0 (4H, H), lstm.bias (4H,
+// the sum of torch's two biases), head.weight (C, H), head.bias (C). Callers hand their layout over and the trainer refuses
 // any other, so a renamed or reordered parameter raises instead of scrambling the weights.
 //
 // A step is two calls: compute() (gradients, loss, gradient norm; no parameter changes), then,

@@ -172,7 +172,7 @@ def test_tampered_checkpoint_is_refused_before_anything_changes(
     checkpoint.save(path, other.params, {}, {"model": other.config})
     before = {k: v.copy() for k, v in model.params.items()}
     params, _, _, _ = checkpoint.load(path)
-    with pytest.raises(checkpoint.CheckpointError, match=r"lstm\.w_ih is"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"lstm\.weight_ih_l0 is"):
         checkpoint.validate_params(path, params, model.params)
     truncated = tmp_path / "cut.npz"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

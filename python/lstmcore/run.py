@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import _files, checkpoint, data, optim
-from lstmcore.nn import SequenceClassifier
+from lstmcore import _files, checkpoint, data, imaging, optim
+from lstmcore.model import Task, make_permutation, task_record
+from lstmcore.nn import SequenceClassifier, upgrade_v01_optim_state, upgrade_v01_params
 from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
 from lstmcore.stepper import Stepper, make_stepper
 
@@ -49,6 +50,7 @@ __all__ = [
     "lr_for",
     "make_model",
     "make_optimizer",
+    "unsupported_on_device",
 ]
 
 RUN_FILES = ["config.json", "metrics.jsonl", "last.npz", "best.npz"]  # written atomically
@@ -84,6 +86,9 @@ class Config:
     iters: int | None = None
     batch_size: int = 128
     hidden: int = 128
+    layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
     lr: float = 3e-3
     optimizer: str = "adam"
     momentum: float = 0.9
@@ -97,6 +102,9 @@ class Config:
     train_subset: int | None = None
     data_dir: str | None = None
     download: bool = False
+    task: str = "rows"  # rows | pixels | permuted (lstmcore.model.Task)
+    perm_seed: int = 0  # the permuted task's pixel order
+    shift: int = 0  # augmentation: random shifts of up to this many pixels (CPU only)
 
 
 @dataclass
@@ -125,6 +133,8 @@ class RunData:
     test_x: NDArray[np.float32]
     test_y: NDArray[np.int64]
     num_classes: int
+    task: Task = field(default_factory=Task)
+    image_shape: tuple[int, int] = (28, 28)  # (rows, cols) of the images before the task
 
     @property
     def input_size(self) -> int:
@@ -138,8 +148,15 @@ class TestResult:
     predicted: NDArray[np.int64]
 
 
+def make_task(cfg: Config, image_shape: tuple[int, int]) -> Task:
+    if cfg.task == "permuted":
+        return Task("permuted", make_permutation(image_shape[0] * image_shape[1], cfg.perm_seed))
+    return Task(cfg.task)
+
+
 def load_run_data(cfg: Config) -> RunData:
-    """The data set split as the config says; ConfigError when it cannot be split so."""
+    """The splits as the task's sequences (B, T, I), converted once (a copy for permuted);
+    ConfigError when the data set cannot be split as the config says."""
     mnist = data.load_mnist(cfg.data_dir, download_missing=cfg.download)
     available = len(mnist.train_images)
     if cfg.val_size >= available:
@@ -157,16 +174,45 @@ def load_run_data(cfg: Config) -> RunData:
                 f"remain after --val-size {cfg.val_size}"
             )
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    shape = (int(train_x.shape[1]), int(train_x.shape[2]))
+    task = make_task(cfg, shape)
+    seq = task.sequences
     return RunData(
-        train_x, train_y, val_x, val_y, mnist.test_images, mnist.test_labels, mnist.num_classes
+        seq(train_x),
+        train_y,
+        seq(val_x),
+        val_y,
+        seq(mnist.test_images),
+        mnist.test_labels,
+        mnist.num_classes,
+        task,
+        shape,
     )
 
 
+def unsupported_on_device(cfg: Config, device: str) -> str | None:
+    """Why the model ``cfg`` describes cannot train on ``device``, or None."""
+    if device != "cuda":
+        return None
+    # the GPU trainer runs one unidirectional layer (lstmcore 0.1's model)
+    if cfg.layers > 1:
+        return f"--device cuda trains one LSTM layer: --layers {cfg.layers} is not supported there"
+    if cfg.bidirectional:
+        return "--device cuda trains one direction: --bidirectional is not supported there"
+    return None
+
+
 def make_model(cfg: Config, input_size: int, num_classes: int, device: str) -> SequenceClassifier:
+    problem = unsupported_on_device(cfg, device)
+    if problem is not None:
+        raise TrainingError(problem)
     return SequenceClassifier(
         input_size,
         cfg.hidden,
         num_classes,
+        num_layers=cfg.layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
         forget_bias=cfg.forget_bias,
         seed=cfg.seed,
         device=device,
@@ -190,8 +236,11 @@ class Reporter:
     """What a run prints while it trains: epoch lines and a progress bar on stderr, or nothing
     when quiet. The final result is printed by the caller, quiet or not."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, progress: bool | None = None) -> None:
         self.quiet = quiet
+        # a bar redrawn in place only where someone watches: in a log file its frames would
+        # pile up as thousands of carriage-return lines
+        self.progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
         self._bar: Any = None
         self._started = 0.0
 
@@ -203,7 +252,7 @@ class Reporter:
 
     def start_epoch(self, epoch: int, epochs: int, batches: int, done: int) -> None:
         self._started = time.perf_counter()
-        if self.quiet:
+        if not self.progress:
             return
         from tqdm import tqdm
 
@@ -433,8 +482,17 @@ class Run:
                 max_loss=self.cfg.max_loss,
                 max_batch=self.cfg.batch_size,
                 tf32=self.tf32,
+                batch=self._batch if self.cfg.shift > 0 else None,
             )
         return self._stepper
+
+    def _batch(self, idx: Array) -> Array:
+        """A training batch with random shifts (--shift), as the task's sequences."""
+        # drawn from the seed and the step alone, so a resumed run draws the same shifts
+        rng = np.random.default_rng((self.cfg.seed, 1, self.prog.step))
+        task, shape = self.data.task, self.data.image_shape
+        images = task.images(self.data.train_x[idx], shape)
+        return task.sequences(imaging.random_shift(images, self.cfg.shift, rng))
 
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> bool:
         """Trains to the end; True when finished, False when ``stop_requested()`` said so
@@ -526,16 +584,21 @@ class Run:
             "config": asdict(self.cfg),
             "progress": asdict(self.prog),
             "rng": self.rng.bit_generator.state,
+            # the dropout masks' generator: a resumed run draws the masks it would have drawn
+            "dropout_rng": self.model.lstm.dropout_rng.bit_generator.state,
             "model": self.model.config,
         }
-        checkpoint.save(
-            path, self.model.params, self.opt.state_dict(), meta, {"epoch_order": order}
-        )
+        task_meta, task_arrays = task_record(self.data.task, self.data.image_shape)
+        meta["task"] = task_meta
+        arrays = {"epoch_order": order, **task_arrays}
+        checkpoint.save(path, self.model.params, self.opt.state_dict(), meta, arrays)
 
     def restore(self, path: Path) -> None:
         """Loads last.npz into model, optimizer, RNG and progress; nothing changes unless all
         of it is valid."""
         params, opt_state, meta, other = checkpoint.load(path)
+        # lstmcore 0.1 wrote one bias under other names: the same model under today's names
+        params, opt_state = upgrade_v01_params(params), upgrade_v01_optim_state(opt_state)
         try:
             prog = Progress(**meta["progress"])
             rng_state = meta["rng"]
@@ -544,11 +607,14 @@ class Run:
             raise checkpoint.CheckpointError(f"{path}: incomplete metadata: {err}") from err
         if len(order) != len(self.data.train_x):
             raise checkpoint.CheckpointError(f"{path}: saved for another data set")
-        trial = np.random.default_rng()
-        try:
-            trial.bit_generator.state = rng_state
-        except (TypeError, ValueError, KeyError) as err:
-            raise checkpoint.CheckpointError(f"{path}: bad RNG state: {err}") from err
+        # 0.1 had no dropout, hence no dropout generator: keep the fresh one
+        dropout_state = meta.get("dropout_rng", self.model.lstm.dropout_rng.bit_generator.state)
+        for state in (rng_state, dropout_state):
+            trial = np.random.default_rng()
+            try:
+                trial.bit_generator.state = state
+            except (TypeError, ValueError, KeyError) as err:
+                raise checkpoint.CheckpointError(f"{path}: bad RNG state: {err}") from err
         try:
             self.opt.check_state(opt_state)
         except ValueError as err:
@@ -556,6 +622,7 @@ class Run:
         checkpoint.assign_params(path, params, self.model.params)  # validates first
         self.opt.load_state_dict(opt_state)
         self.rng.bit_generator.state = rng_state
+        self.model.lstm.dropout_rng.bit_generator.state = dropout_state
         self.prog, self.order = prog, order
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
@@ -571,7 +638,7 @@ class Run:
         best = self.run_dir / "best.npz"
         if best.is_file():
             params, _, _, _ = checkpoint.load(best)
-            checkpoint.assign_params(best, params, self.model.params)
+            checkpoint.assign_params(best, upgrade_v01_params(params), self.model.params)
         predicted = self.model.predict(self.data.test_x)
         correct = int((predicted == self.data.test_y).sum())
         total = len(self.data.test_y)

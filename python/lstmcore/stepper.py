@@ -8,6 +8,7 @@ both devices and lives only here.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -74,16 +75,19 @@ class CpuStepper:
         *,
         clip: float,
         max_loss: float,
+        batch: Callable[[Array], Array] | None = None,
     ) -> None:
         self.model, self.opt = model, opt
         self.images, self.labels = images, labels
         self.clip, self.max_loss = clip, max_loss
+        self.batch = batch  # idx -> the batch's inputs (augmentation), else images[idx]
 
     def step(self, idx: Array, lr: float) -> tuple[float, int, str | None]:
         self.opt.lr = lr
         # non-finite values are caught just below, by name: no numpy warnings
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss, correct = self.model.loss_and_grads(self.images[idx], self.labels[idx])
+            x = self.images[idx] if self.batch is None else self.batch(idx)
+            loss, correct = self.model.loss_and_grads(x, self.labels[idx])
         grads = self.model.grads
         problem = divergence(loss, nonfinite_gradient(grads), self.max_loss)
         if problem is None:
@@ -159,10 +163,15 @@ def make_stepper(
     max_loss: float,
     max_batch: int,
     tf32: bool,
+    batch: Callable[[Array], Array] | None = None,
 ) -> Stepper:
+    """``batch``: idx -> the batch's inputs, when they are not ``images[idx]`` (CPU only: the
+    GPU keeps the training set on the device)."""
     if device == "cuda":
+        if batch is not None:
+            raise ValueError("augmented batches (--shift) need --device cpu")
         from lstmcore.cuda_train import CudaSession
 
         session = CudaSession(model, opt, images, labels, max_batch=max_batch, clip=clip, tf32=tf32)
         return CudaStepper(model, opt, session, max_loss=max_loss)
-    return CpuStepper(model, opt, images, labels, clip=clip, max_loss=max_loss)
+    return CpuStepper(model, opt, images, labels, clip=clip, max_loss=max_loss, batch=batch)

@@ -1,6 +1,8 @@
 """``python -m lstmcore.train``: the row-by-row MNIST LSTM, trained by the C++ core.
 
-Each 28x28 image is a sequence of 28 rows of 28 pixels; one LSTM layer; its last hidden state
+Each 28x28 image is a sequence of 28 rows of 28 pixels (``--task pixels``: 784 pixels, one a
+step; ``--task permuted``: the same in one fixed random order); an LSTM (one layer by default;
+more with --layers, both directions with --bidirectional); the top layer's last hidden states
 into a linear layer to the classes; softmax cross-entropy. The last line printed is
 ``test accuracy: XX.XX% (correct/total)``.
 
@@ -22,7 +24,16 @@ from typing import Any
 
 import lstmcore
 from lstmcore import checkpoint, data
-from lstmcore.run import Config, ConfigError, Reporter, Run, RunError, TrainingError
+from lstmcore.model import TASKS
+from lstmcore.run import (
+    Config,
+    ConfigError,
+    Reporter,
+    Run,
+    RunError,
+    TrainingError,
+    unsupported_on_device,
+)
 
 EXIT_INTERRUPTED = 130
 
@@ -69,6 +80,17 @@ def finite_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1) (1 would drop every activation)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Config()
     p = argparse.ArgumentParser(
@@ -87,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="batch size")
     p.add_argument("--hidden", type=positive_int, default=d.hidden, help="LSTM hidden units")
+    p.add_argument("--layers", type=positive_int, default=d.layers, help="stacked LSTM layers")
+    p.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="each layer runs both directions; the classifier reads both final states",
+    )
+    p.add_argument(
+        "--dropout",
+        type=probability,
+        default=d.dropout,
+        help="dropout on each LSTM layer's output but the last (training only, torch's rule)",
+    )
     p.add_argument("--lr", type=non_negative_float, default=d.lr, help="peak learning rate")
     p.add_argument(
         "--optimizer",
@@ -119,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--forget-bias",
         type=finite_float,
         default=d.forget_bias,
-        help="added to the forget gate's initial bias",
+        help="added to the forget gate's initial bias (bias_ih + bias_hh: half to each)",
     )
     p.add_argument(
         "--max-loss",
@@ -144,6 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         help="train on only the first N training images (quick checks)",
+    )
+    p.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default=d.task,
+        help="rows: 28 steps of 28 pixels; pixels: 784 steps of 1 pixel; permuted: 784 steps "
+        "of 1 pixel in one fixed random order (--perm-seed), stored in the checkpoint",
+    )
+    p.add_argument(
+        "--perm-seed",
+        type=non_negative_int,
+        default=d.perm_seed,
+        help="seed of the permuted task's pixel order",
+    )
+    p.add_argument(
+        "--shift",
+        type=non_negative_int,
+        default=None,
+        help=f"augmentation: move each training image by up to N pixels at random (default "
+        f"{d.shift} on the CPU; 0, and only 0, with --device cuda)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train")
     p.add_argument(
@@ -189,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the run already in --out (without it, an existing run is refused)",
     )
     p.add_argument("--quiet", action="store_true", help="print only the final result")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the progress bar on stderr (default: only when stderr is a terminal); epoch "
+        "lines and the result are printed either way",
+    )
     return p
 
 
@@ -205,10 +266,13 @@ class _Interrupt:
         self.requested = True
 
 
-def check_device(device: str) -> str | None:
-    """None when training can run on ``device``, else the reason it cannot."""
+def check_device(device: str, cfg: Config | None = None) -> str | None:
+    """None when training (the model ``cfg`` describes, if given) can run on ``device``, else
+    the reason it cannot."""
     if device == "cpu":
         return None
+    if cfg is not None and (problem := unsupported_on_device(cfg, device)) is not None:
+        return problem
     from lstmcore import cuda
 
     ok, reason = cuda.available()
@@ -224,11 +288,15 @@ def given_flags(argv: list[str] | None) -> set[str]:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(**{k: getattr(args, k) for k in asdict(Config()) if hasattr(args, k)})
+    values = {k: getattr(args, k) for k in asdict(Config()) if hasattr(args, k)}
+    if values.get("shift") is None:
+        # the GPU keeps the training set on the device: no per-batch augmentation there
+        values["shift"] = 0 if args.device == "cuda" else Config().shift
+    return Config(**values)
 
 
 def open_run(args: argparse.Namespace, given: set[str]) -> Run:
-    reporter = Reporter(quiet=bool(args.quiet))
+    reporter = Reporter(quiet=bool(args.quiet), progress=args.progress)
     options = {"device": args.device, "tf32": args.tf32, "reporter": reporter}
     if args.resume:
         if "out" in given:
@@ -268,7 +336,10 @@ def train(args: argparse.Namespace, given: set[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problem = check_device(args.device)
+    # a new run's model is checked here, before any work; a resumed one when its config is read
+    problem = check_device(args.device, None if args.resume else config_from_args(args))
+    if problem is None and args.device == "cuda" and args.shift:
+        problem = "--shift needs --device cpu (the GPU path keeps the training set on the device)"
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 1
