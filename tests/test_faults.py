@@ -357,7 +357,7 @@ def test_a_non_finite_model_is_refused_at_save(tmp_path: Path) -> None:
         path = tmp_path / "run" / "last.npz"
         run.save(path, run.order)
         before = path.read_bytes()
-        run.model.params["lstm.w_hh"][0, 0] = np.inf
-        with pytest.raises(TrainingError, match=r"parameter lstm\.w_hh is not finite"):
+        run.model.params["lstm.weight_hh_l0"][0, 0] = np.inf
+        with pytest.raises(TrainingError, match=r"parameter lstm\.weight_hh_l0 is not finite"):
             run.save(path, run.order)
     assert path.read_bytes() == before

@@ -221,6 +221,14 @@ FLAGS = [
     "--resume",
     "--overwrite",
     "--quiet",
+    "--layers",
+    "--bidirectional",
+    "--dropout",
+    "--task",
+    "--perm-seed",
+    "--shift",
+    "--progress",
+    "--no-progress",
 ]
 
 
@@ -433,14 +441,14 @@ def test_a_forged_array_header_in_a_checkpoint_is_refused_before_allocation(
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
         for info in src.infolist():
             payload = src.read(info)
-            if info.filename == "param/lstm.w_hh.npy":
+            if info.filename == "param/lstm.weight_hh_l0.npy":
                 # same header length: the longer shape eats into the header's space padding
                 grow = len(b"(10000000000, 8)") - len(b"(32, 8)")
                 end = payload.index(b"\n")
                 payload = payload[: end - grow] + payload[end:]
                 payload = payload.replace(b"(32, 8)", b"(10000000000, 8)", 1)
             dst.writestr(info.filename, payload)
-    with pytest.raises(checkpoint.CheckpointError, match=r"lstm\.w_hh.*declares"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"lstm\.weight_hh_l0.*declares"):
         checkpoint.load(bad)
 
 
@@ -480,7 +488,7 @@ def test_evaluate_reads_another_data_dir(
     narrow = small_dataset(tmp_path / "narrow", rng, cols=20)
     assert evaluate.main([str(one_epoch_run / "best.npz"), "--data-dir", str(narrow)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "rows of 28" in err[0], err
+    assert len(err) == 1 and "images are (28, 20), the model reads (28, 28)" in err[0], err
 
 
 # ---- the run in-process: iterations, schedules, optimizers, the divergence rule -------------
@@ -530,7 +538,9 @@ def test_adamw_run_decays_the_weights_decoupled(tmp_path: Path) -> None:
     """Same seed, same weight decay: AdamW's parameters differ from Adam's after training."""
     adam = trained(tmp_path / "a", iters=5, optimizer="adam", weight_decay=0.5)
     adamw = trained(tmp_path / "w", iters=5, optimizer="adamw", weight_decay=0.5)
-    assert not np.array_equal(adam.model.params["lstm.w_hh"], adamw.model.params["lstm.w_hh"])
+    assert not np.array_equal(
+        adam.model.params["lstm.weight_hh_l0"], adamw.model.params["lstm.weight_hh_l0"]
+    )
 
 
 class FakeSession:

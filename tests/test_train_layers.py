@@ -80,8 +80,8 @@ def test_interrupted_dropout_run_resumes_exactly(tmp_path: Path) -> None:
     masks the uninterrupted run drew, and ends at the same parameters bit for bit."""
     whole = Run.create(SMALL, tmp_path / "whole")
     assert whole.train()
-    cut = Run.create(SMALL, tmp_path / "cut")
-    assert not cut.train(lambda: cut.prog.step == 2)
+    with Run.create(SMALL, tmp_path / "cut") as cut:
+        assert not cut.train(lambda: cut.prog.step == 2)
     resumed = Run.resume(tmp_path / "cut")
     assert resumed.prog.step == 2
     assert resumed.train()
@@ -114,6 +114,7 @@ def test_a_v01_run_evaluates_and_resumes(tmp_path: Path) -> None:
     cfg = replace(SMALL, layers=1, bidirectional=False, dropout=0.0)
     run = Run.create(cfg, tmp_path / "old")
     assert not run.train(lambda: run.prog.step == 5)  # best.npz after epoch 1, last.npz at 5
+    run.close()  # the run directory's lock: the resume below is another run of it
     images = run.data.test_x[:50]
     want = run.model.logits(images)
     for name in ("best.npz", "last.npz"):
