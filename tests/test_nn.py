@@ -53,6 +53,18 @@ CASES = [  # (layers, bidirectional, batch_first, lengths, dropout, (T, B, I, H)
 ]
 
 
+# every combination of layers, directions, batch_first and lengths at one small shape (dropout
+# where there is a layer below the top), then the odd shapes
+GRID = [
+    (layers, bi, bf, lengths, 0.25 if layers > 1 else 0.0, (5, 4, 3, 5))
+    for layers in (1, 2, 3)
+    for bi in (False, True)
+    for bf in (False, True)
+    for lengths in ("equal", "mixed", "ones")
+]
+CASES += GRID
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(
     ("layers", "bidirectional", "batch_first", "lengths_kind", "dropout", "shape"),

@@ -115,22 +115,23 @@ def test_bad_lengths_raise_naming_lengths(lengths: list[Any]) -> None:
 # ---- the stack -------------------------------------------------------------------------------
 
 
-STACKS = [  # (num_layers, bidirectional, lengths kind, batch_first, dropout)
-    (1, False, "none", False, False),
-    (1, True, "mixed", False, False),
-    (2, False, "mixed", True, True),
-    (2, True, "equal", False, True),
-    (2, True, "ones", True, False),
-    (3, True, "mixed", False, True),
-    (3, False, "none", False, False),
-]
+# every combination of layers, directions, batch_first and lengths, at a tiny shape (finite
+# differences cost two forwards per number), dropout masks wherever a layer is below the top;
+# then one larger case
+STACKS = [
+    (layers, bi, lengths, bf, layers > 1, (3, 2, 1, 2))
+    for layers in (1, 2, 3)
+    for bi in (False, True)
+    for bf in (False, True)
+    for lengths in ("equal", "mixed", "ones")
+] + [(2, True, "mixed", True, True, (4, 3, 2, 3))]
 
 
 @pytest.mark.parametrize(
-    ("layers", "bidirectional", "lengths_kind", "batch_first", "dropout"),
+    ("layers", "bidirectional", "lengths_kind", "batch_first", "dropout", "shape"),
     STACKS,
     ids=[f"L{s[0]}-{'bi' if s[1] else 'uni'}-{s[2]}{'-bf' if s[3] else ''}"
-         f"{'-drop' if s[4] else ''}" for s in STACKS],
+         f"{'-drop' if s[4] else ''}-T{s[5][0]}B{s[5][1]}" for s in STACKS],
 )  # fmt: skip
 def test_stack_gradients_match_finite_differences(
     rng: np.random.Generator,
@@ -139,8 +140,9 @@ def test_stack_gradients_match_finite_differences(
     lengths_kind: str,
     batch_first: bool,
     dropout: bool,
+    shape: tuple[int, int, int, int],
 ) -> None:
-    steps, batch, inp, hidden = 4, 3, 2, 3
+    steps, batch, inp, hidden = shape
     dirs = 2 if bidirectional else 1
     params = make_stack_params(rng, inp, hidden, layers, bidirectional, scale=2.0)
     lengths = make_lengths(rng, lengths_kind, steps, batch)

@@ -53,6 +53,13 @@ def test_layer_flags_train_and_save_torch_names(tmp_path: Path) -> None:
     assert (config["layers"], config["bidirectional"], config["dropout"]) == (2, True, 0.2)
     model = evaluate.load_model(str(run / "best.npz"))
     assert model.lstm.num_layers == 2 and model.lstm.bidirectional
+    # a forged description is refused as a bad checkpoint, before any model is built
+    params, opt_state, meta, other = checkpoint.load(run / "best.npz")
+    for forged in ({"dropout": 7.0}, {"num_layers": 3}, {"bidirectional": False}):
+        checkpoint.save(run / "forged.npz", params, opt_state,
+                        {**meta, "model": {**meta["model"], **forged}}, other)  # fmt: skip
+        with pytest.raises(checkpoint.CheckpointError, match=r"forged\.npz"):
+            evaluate.load_model(str(run / "forged.npz"))
 
 
 @pytest.mark.parametrize(
@@ -78,19 +85,19 @@ def final_params(run: Run) -> dict[str, np.ndarray]:
 def test_interrupted_dropout_run_resumes_exactly(tmp_path: Path) -> None:
     """The dropout masks come from a generator saved in last.npz: a resumed run draws the
     masks the uninterrupted run drew, and ends at the same parameters bit for bit."""
-    whole = Run.create(SMALL, tmp_path / "whole")
-    assert whole.train()
+    with Run.create(SMALL, tmp_path / "whole") as whole:
+        assert whole.train()
     with Run.create(SMALL, tmp_path / "cut") as cut:
         assert not cut.train(lambda: cut.prog.step == 2)
-    resumed = Run.resume(tmp_path / "cut")
-    assert resumed.prog.step == 2
-    assert resumed.train()
+    with Run.resume(tmp_path / "cut") as resumed:
+        assert resumed.prog.step == 2
+        assert resumed.train()
     want, got = final_params(whole), final_params(resumed)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-def as_v01(path: Path, run: Run) -> None:
+def as_v01(path: Path) -> None:
     """Rewrites ``path`` as lstmcore 0.1 wrote checkpoints: one bias under lstm.w_ih,
     lstm.w_hh, lstm.bias; optimizer state under those names; a three-key model description;
     no dropout generator."""
@@ -112,22 +119,21 @@ def as_v01(path: Path, run: Run) -> None:
 
 def test_a_v01_run_evaluates_and_resumes(tmp_path: Path) -> None:
     cfg = replace(SMALL, layers=1, bidirectional=False, dropout=0.0)
-    run = Run.create(cfg, tmp_path / "old")
-    assert not run.train(lambda: run.prog.step == 5)  # best.npz after epoch 1, last.npz at 5
-    run.close()  # the run directory's lock: the resume below is another run of it
+    with Run.create(cfg, tmp_path / "old") as run:
+        assert not run.train(lambda: run.prog.step == 5)  # best.npz after epoch 1, last at 5
     images = run.data.test_x[:50]
     want = run.model.logits(images)
     for name in ("best.npz", "last.npz"):
-        as_v01(tmp_path / "old" / name, run)
+        as_v01(tmp_path / "old" / name)
     saved = json.loads((tmp_path / "old" / "config.json").read_text())
     for key in ("layers", "bidirectional", "dropout"):  # 0.1's config.json had none of them
         del saved[key]
     (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
     params, _, _, _ = checkpoint.load(tmp_path / "old" / "last.npz")
     assert "lstm.bias" in params  # really the old layout
-    resumed = Run.resume(tmp_path / "old")
-    np.testing.assert_array_equal(resumed.model.logits(images), want)
-    assert resumed.train() and resumed.prog.step == 6
+    with Run.resume(tmp_path / "old") as resumed:
+        np.testing.assert_array_equal(resumed.model.logits(images), want)
+        assert resumed.train() and resumed.prog.step == 6
     model = evaluate.load_model(str(tmp_path / "old" / "best.npz"))
     assert set(model.params) == set(run.model.params)
 

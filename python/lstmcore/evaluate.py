@@ -38,6 +38,8 @@ def model_description(path: str, params: dict[str, Any], meta: dict[str, Any]) -
         dropout = float(shape.get("dropout", 0.0))
         if not isinstance(bidirectional, bool):
             raise TypeError(f"bidirectional must be true or false, got {bidirectional!r}")
+        if not 0.0 <= dropout <= 1.0:  # NaN fails too
+            raise ValueError(f"dropout must be in [0, 1], got {dropout!r}")
     except (TypeError, ValueError) as err:
         raise checkpoint.CheckpointError(f"{path}: bad model description: {err}") from err
     w_ih, head = params.get("lstm.weight_ih_l0"), params.get("head.weight")
