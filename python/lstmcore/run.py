@@ -82,14 +82,16 @@ def flag(name: str) -> str:
 class Config:
     """Everything that defines a run's result (saved as config.json; a resume reads it back)."""
 
-    epochs: int = 10
+    # the default recipe (chosen on the validation split): 7 epochs of 256 with random shifts
+    # of up to 2 pixels, Adam 5e-3 with cosine decay
+    epochs: int = 7
     iters: int | None = None
-    batch_size: int = 128
+    batch_size: int = 256
     hidden: int = 128
     layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.0
-    lr: float = 3e-3
+    lr: float = 5e-3
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -104,7 +106,7 @@ class Config:
     download: bool = False
     task: str = "rows"  # rows | pixels | permuted (lstmcore.model.Task)
     perm_seed: int = 0  # the permuted task's pixel order
-    shift: int = 0  # augmentation: random shifts of up to this many pixels (CPU only)
+    shift: int = 2  # augmentation: random shifts of up to this many pixels (CPU only)
 
 
 @dataclass
