@@ -622,3 +622,30 @@ def test_the_cpu_stepper_follows_the_same_rule(rng: np.random.Generator, max_los
     assert problem == divergence(loss, None, max_loss)
     changed = not np.array_equal(model.params["head.bias"], before["head.bias"])
     assert changed == (problem is None)
+
+
+def test_a_second_ctrl_c_during_training_is_one_line_and_status_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The handler's KeyboardInterrupt, raised mid-step, ends the CLI with one line naming the
+    run to resume, and the run directory's lock is released."""
+
+    def second_ctrl_c(self: Run, stop_requested: Any = None) -> bool:
+        signal.raise_signal(signal.SIGINT)  # the first: stop after this step
+        signal.raise_signal(signal.SIGINT)  # the second, before the step ends
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(Run, "train", second_ctrl_c)
+    run = tmp_path / "run"
+    try:
+        status = train.main([*QUICK, "--out", str(run)])
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C escaped the CLI as a KeyboardInterrupt traceback")
+    assert status == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: interrupted again"), err
+    assert f"--resume {run}" in err[0]
+    from lstmcore.run import RunLock
+
+    with RunLock(run):  # free again
+        pass
