@@ -204,10 +204,49 @@ def unsupported_on_device(cfg: Config, device: str) -> str | None:
     return None
 
 
+def parameter_count(cfg: Config, input_size: int, num_classes: int) -> int:
+    """The classifier's parameters (torch.nn.LSTM's per layer and direction: W_ih (4H, in),
+    W_hh (4H, H), two biases (4H); then the head (C, H * directions) and its bias)."""
+    directions = 2 if cfg.bidirectional else 1
+    h = cfg.hidden
+    first = directions * 4 * h * (input_size + h + 2)
+    later = (cfg.layers - 1) * directions * 4 * h * (directions * h + h + 2)
+    return first + later + num_classes * (directions * h + 1)
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_fits(cfg: Config, input_size: int, num_classes: int) -> None:
+    """ConfigError naming the size flags when the model could not fit in memory: parameters,
+    gradients and two optimizer moments, 4 float32 copies. Checked before allocating, since a
+    model of many small layers would otherwise be allocated layer by layer until the machine
+    runs out of memory."""
+    count = parameter_count(cfg, input_size, num_classes)
+    need, have = 4 * 4 * count, physical_memory()
+    if have is not None and need > have:
+        sizes = (
+            f"--layers {cfg.layers} --hidden {cfg.hidden}"
+            if cfg.layers > 1
+            else f"--hidden {cfg.hidden}"
+        )
+        raise ConfigError(
+            f"{sizes}: {count:,} parameters need about {need / 2**30:,.0f} GiB with their "
+            f"gradients and optimizer state, more than this machine's "
+            f"{have / 2**30:,.0f} GiB of memory"
+        )
+
+
 def make_model(cfg: Config, input_size: int, num_classes: int, device: str) -> SequenceClassifier:
     problem = unsupported_on_device(cfg, device)
     if problem is not None:
         raise TrainingError(problem)
+    check_model_fits(cfg, input_size, num_classes)
     return SequenceClassifier(
         input_size,
         cfg.hidden,
