@@ -1,42 +1,186 @@
-"""The benchmark runs end to end on tiny shapes (no timing is asserted)."""
+"""The benchmark: its modes end to end on tiny shapes, its flag checks, its FLOP counts and the
+onnxruntime model's numbers. No timing is ever asserted."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lstmcore import bench
 
 
-def test_bench_quick_runs_and_writes_json(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "lstmcore.bench", "--quick", "--threads", "1", "--json", str(out)],
+def run_bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lstmcore.bench", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
+
+
+def check_header(report: dict[str, Any]) -> None:
+    assert report["cpu"] and report["cores"] >= 1 and report["usable_cores"] >= 1
+    assert report["isa"] and report["blas_core"]
+    assert report["versions"]["numpy"] == np.__version__
+    assert set(report["openblas_env"]) == {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}
+    assert report["ceilings_flops"]["1"] > 1e8  # a real GEMM rate, not a placeholder
+
+
+def test_interleaved_quick_run_writes_every_field(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = run_bench("--quick", "--mode", "interleaved", "--threads", "1", "--json", str(out))
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
+    check_header(report)
+    assert report["mode"] == "interleaved"
     rows = report["rows"]
-    contenders = {r["contender"] for r in rows}
-    assert {"lstmcore", "numpy-reference"} <= contenders
-    assert {(r["shape"], r["kind"]) for r in rows} == {
-        (s, k) for s in ("tiny", "tiny-long") for k in ("train", "infer")
+    assert {(r["shape"], r["kind"]) for r in rows} == {(c.name, c.kind) for c in bench.QUICK}
+    assert {"lstmcore", "reference", "lstmcore-lengths", "lstmcore-padded"} <= {
+        r["contender"] for r in rows
     }
     for r in rows:
-        assert r["median_ms"] > 0 and r["steps"] == 3
-    assert report["ceilings_flops"]["1"] > 1e8  # a real GEMM rate, not a placeholder
-    assert "sgemm ceiling" in done.stdout
+        assert r["median_ms"] > 0 and r["steps"] == 3 and r["rounds"] == 1
+        assert r["range_ms"] is None and r["fraction_of_floor"] > 0
+    assert "CPU:" in done.stdout and "sgemm rate" in done.stdout
 
 
-def test_bench_rejects_unknown_shapes() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "lstmcore.bench", "--shapes", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2 and "unknown" in done.stderr
+def test_isolated_mode_reports_rounds(tmp_path: Path) -> None:
+    out, table = tmp_path / "bench.json", tmp_path / "bench.md"
+    cases = ("--cases", "tiny", "tiny-infer", "tiny-varlen")
+    contenders = ("--contenders", "lstmcore", "onnxruntime")
+    files = ("--json", str(out), "--markdown", str(table))
+    done = run_bench("--quick", "--rounds", "2", "--threads", "1", *cases, *contenders, *files)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    check_header(report)
+    assert report["mode"] == "isolated" and report["rounds"] == 2
+    rows = report["rows"]
+    assert {r["shape"] for r in rows} == {"tiny", "tiny-infer", "tiny-varlen"}
+    for r in rows:
+        lo, hi = r["range_ms"]
+        assert r["rounds"] == 2 and r["steps"] == 6
+        assert lo <= r["median_ms"] <= hi
+    assert "round 2/2" in done.stderr  # the libraries ran in separate worker processes
+    tables = table.read_text().split("\n\n")  # one per kind, a line per case
+    assert [t.splitlines()[0].split(" (ms)")[0] for t in tables] == [
+        "| train",
+        "| infer",
+        "| varlen",
+    ]
+    for t in tables:
+        lines = t.strip().splitlines()
+        assert len(lines) == 3 and all(ln.count("|") == lines[0].count("|") for ln in lines)
+
+
+def test_onnxruntime_matches_lstmcore() -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    for T, B, I, H in ((1, 1, 1, 1), (5, 3, 4, 7), (28, 16, 28, 33)):  # noqa: N806, E741
+        case = bench.Case("check", "infer", T, B, I, H, 1)
+        _, _, diff = bench.onnx_checked(case, np.random.default_rng(T + H), threads=1)
+        assert diff <= 1e-4, (T, B, I, H, diff)
+
+
+def test_onnxruntime_is_refused_when_its_logits_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    right = bench.lstmcore_logits
+    monkeypatch.setattr(bench, "lstmcore_logits", lambda w, x: right(w, x) + 1e-3)
+    case = bench.Case("check", "infer", 3, 2, 4, 5, 1)
+    with pytest.raises(bench.RefusedError, match="differ from lstmcore's"):
+        bench.onnx_infer(case, np.random.default_rng(0), threads=1)
+
+
+def test_flop_counts() -> None:
+    rows = bench.ALL_CASES["mnist-rows"]
+    assert bench.flops(rows) == pytest.approx(1.616e9, rel=1e-3)  # the design's count
+    infer = bench.ALL_CASES["infer-B128"]
+    assert bench.flops(infer) == 2 * 28 * 128 * 512 * (28 + 128) + 2 * 128 * 128 * 10
+    varlen = bench.ALL_CASES["varlen-rows"]
+    lengths = bench.case_lengths(varlen)
+    assert lengths.min() >= 1 and lengths.max() <= varlen.T and lengths.shape == (varlen.B,)
+    ratio = bench.flops(varlen) / bench.flops(rows)
+    assert ratio == pytest.approx(lengths.sum() / (varlen.B * varlen.T), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--block", "0"],  # looped forever before (issue 10, item 7)
+        ["--repeats", "0"],  # silently ran the default step counts
+        ["--repeats", "-1"],  # IndexError after the work
+        ["--warmup", "-1"],
+        ["--rounds", "0"],
+        ["--mode", "interleaved", "--rounds", "2"],
+        ["--mode", "both"],
+        ["--threads", "0"],
+        ["--threads", str(bench.MAX_THREADS + 1)],
+        ["--threads", "two"],
+        ["--cases", "nope"],
+        ["--contenders", "tensorflow"],
+        ["--json", "MISSING/out.json"],  # FileNotFoundError after the work
+        ["--json", "TMP"],  # a directory
+        ["--markdown", "MISSING/out.md"],
+        ["--worker", "{not json"],
+    ],
+)
+def test_bad_flags_give_one_error_line_before_any_work(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the benchmark started before its flags were checked")
+
+    for name in ("sgemm_rates", "run_plan", "run_isolated"):
+        monkeypatch.setattr(bench, name, no_work)
+    argv = [
+        a.replace("MISSING", str(tmp_path / "missing")).replace("TMP", str(tmp_path)) for a in argv
+    ]
+    with pytest.raises(SystemExit) as stop:
+        bench.main(argv)
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1, errors
+
+
+def test_block_zero_ends(tmp_path: Path) -> None:
+    """In a real process too: `--block 0` used to loop forever."""
+    done = run_bench("--quick", "--block", "0", timeout=60)
+    assert done.returncode == 2 and "--block" in done.stderr
+
+
+def test_help_documents_every_flag() -> None:
+    parser = bench.make_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        assert action.help, action.option_strings
+        for flag in action.option_strings:
+            assert flag in text, flag
+    assert "isolated     (the default)" in text  # which mode is the default, and why
+
+
+def test_missing_peers_are_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "find_spec", lambda name: None)
+    note = bench.unavailable("onnxruntime", 1)
+    assert note is not None and "onnx, onnxruntime not importable" in note
+    assert bench.unavailable("lstmcore", 1) is None
+    assert bench.build_steps(["onnxruntime"], bench.ALL_CASES["tiny-infer"], 1, []) == {}
+
+
+def test_a_failing_worker_is_a_note() -> None:
+    notes: list[str] = []
+    plan = bench.Plan(("lstmcore",), ("no-such-case",), 1, None, 0, 1)
+    assert bench.run_worker(plan, notes) == {}
+    assert len(notes) == 1 and "worker failed (2)" in notes[0]

@@ -17,7 +17,7 @@ import pytest
 
 from lstmcore import checkpoint, optim, train
 from lstmcore.nn import SequenceClassifier
-from lstmcore.run import Config, Run, make_optimizer
+from lstmcore.run import Config, Run, make_model, make_optimizer
 from lstmcore.stepper import CpuStepper, CudaStepper, divergence
 
 QUICK = [
@@ -266,13 +266,34 @@ def test_values_the_data_cannot_give_are_one_error_line(
     assert not run.exists()  # refused before any work
 
 
-def test_a_model_too_large_for_memory_is_one_error_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "flags",
+    [["--hidden", "200000"], ["--layers", "1000000"], ["--layers", "1000", "--hidden", "4096"]],
+    ids=["1.2 TiB of weights", "0.5 TiB in a million small layers", "0.5 TiB in 1000 layers"],
+)
+def test_a_model_too_large_for_memory_is_one_error_line(tmp_path: Path, flags: list[str]) -> None:
+    """Refused from its size before anything is allocated (many small layers would otherwise
+    be allocated one by one until the machine runs out of memory)."""
     run = tmp_path / "run"
-    done = cli("--hidden", "200000", "--quiet", "--out", str(run))  # 1.2 TiB of weights
+    done = cli(*flags, "--quiet", "--out", str(run), timeout=60)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: out of memory"), done.stderr
-    assert "--hidden" in lines[0] and not run.exists()
+    assert len(lines) == 1 and lines[0].startswith("error: --"), done.stderr
+    named = lines[0].split(": ")[1]
+    for name, value in zip(flags[::2], flags[1::2], strict=True):
+        assert f"{name} {value}" in named, lines[0]
+    assert "memory" in lines[0] and not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("layers", "bidirectional"), [(1, False), (3, False), (1, True), (2, True)]
+)
+def test_the_memory_check_counts_the_models_parameters(layers: int, bidirectional: bool) -> None:
+    from lstmcore.run import parameter_count
+
+    cfg = Config(hidden=7, layers=layers, bidirectional=bidirectional)
+    model = make_model(cfg, 5, 3, "cpu")
+    assert parameter_count(cfg, 5, 3) == sum(p.size for p in model.params.values())
 
 
 @pytest.mark.parametrize("value", ["0", "100000"])
@@ -343,6 +364,12 @@ def test_an_existing_run_is_not_overwritten_without_asking(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resume" in err[0] and "--overwrite" in err[0], err
     assert (run / "metrics.jsonl").read_bytes() == before
+    # a run killed before its first save cannot be resumed: the line offers only --overwrite
+    (run / "last.npz").rename(run / "kept.npz")
+    assert train.main([*QUICK, "--out", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" not in err[0] and "--overwrite" in err[0], err
+    (run / "kept.npz").rename(run / "last.npz")
     args = [*QUICK, "--epochs", "1", "--seed", "3", "--out", str(run), "--overwrite"]
     assert train.main(args) == 0
     assert json.loads((run / "config.json").read_text())["seed"] == 3
@@ -595,3 +622,30 @@ def test_the_cpu_stepper_follows_the_same_rule(rng: np.random.Generator, max_los
     assert problem == divergence(loss, None, max_loss)
     changed = not np.array_equal(model.params["head.bias"], before["head.bias"])
     assert changed == (problem is None)
+
+
+def test_a_second_ctrl_c_during_training_is_one_line_and_status_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The handler's KeyboardInterrupt, raised mid-step, ends the CLI with one line naming the
+    run to resume, and the run directory's lock is released."""
+
+    def second_ctrl_c(self: Run, stop_requested: Any = None) -> bool:
+        signal.raise_signal(signal.SIGINT)  # the first: stop after this step
+        signal.raise_signal(signal.SIGINT)  # the second, before the step ends
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(Run, "train", second_ctrl_c)
+    run = tmp_path / "run"
+    try:
+        status = train.main([*QUICK, "--out", str(run)])
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C escaped the CLI as a KeyboardInterrupt traceback")
+    assert status == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: interrupted again"), err
+    assert f"--resume {run}" in err[0]
+    from lstmcore.run import RunLock
+
+    with RunLock(run):  # free again
+        pass

@@ -1,98 +1,221 @@
-"""``python -m lstmcore.bench``: lstmcore against its peers, side by side in one run.
+"""``python -m lstmcore.bench``: lstmcore against its peers on the same model.
 
-Contenders (each skipped with a note when not importable): lstmcore, lstmcore.reference
-(NumPy), PyTorch's torch.nn.LSTM and Keras 3 on JAX. The model is the same everywhere: one
-LSTM layer, a Linear layer to 10 classes, softmax cross-entropy; a *training step* is forward,
-backward and an Adam update, *inference* is the forward pass alone. Steps are interleaved in
-short blocks (A A A B B B A A A ..., each block after one untimed step) so that machine noise
-hits every contender alike while no contender pays for another's still-spinning thread pool;
-warm-up steps are excluded; each row reports the median and interquartile range, samples/s,
-achieved GFLOP/s and the ratio against lstmcore.
+The model is the same everywhere: one LSTM layer, a Linear layer to 10 classes, softmax
+cross-entropy, float32 (the NumPy reference: float64). Each case is one of three kinds:
+  train   a training step: forward, backward and an Adam update
+  infer   inference: the forward pass to the logits
+  varlen  a training step over sequences whose lengths are uniform in [1, T] (one fixed draw
+          per case): lstmcore given the lengths (lstmcore-lengths) and over the padded batch
+          ignoring them (lstmcore-padded); PyTorch through pack_padded_sequence(
+          enforce_sorted=False) -> LSTM -> pad_packed_sequence (torch-packed) and over the padded
+          batch (torch-padded). Every contender computes the whole output sequence; the loss
+          reads the final states (each sequence's own last step where lengths are honoured).
 
-FLOP counts (multiply-adds count 2; C classes): training
-``2*B*T*4H*(2I + 3H) + 6*B*H*C`` (input, recurrent and both weight-gradient GEMMs, dh GEMM; dx
-is not needed for the first layer), inference ``2*B*T*4H*(I + H) + 2*B*H*C``. The floor is
-FLOPs over the sgemm ceiling measured through lstmcore's own BLAS (2048^3).
+Contenders (--contenders; each skipped with a note when its library is not importable, and
+never a dependency of lstmcore):
+  lstmcore     this package (nn.SequenceClassifier and optim.Adam; ops for varlen)
+  reference    lstmcore.reference, the readable NumPy specification (float64, so its "of
+               floor" is against the float32 floor; slow)
+  torch        torch.nn.LSTM + torch.nn.Linear + torch.optim.Adam (pip install torch)
+  onnxruntime  inference only: ONNX's own LSTM operator, built with the onnx package from the
+               same weights (gates reordered to ONNX's i, o, f, c) plus a Gemm head;
+               intra_op_num_threads = the row's threads, inter_op 1. At start-up its logits are
+               compared with lstmcore's on the same weights and input: a max abs difference
+               over 1e-4 refuses it with a note (pip install onnx onnxruntime)
+  keras        Keras 3 on JAX, only at all cores (XLA sizes its pool once per process)
 
-Peers are never dependencies: ``pip install torch==2.13.0`` brings PyTorch (CPU build).
+Modes (--mode):
+  isolated     (the default) each contender library runs alone in its own process (this
+               module started as a worker, its results as JSON on stdout), the libraries
+               alternated over --rounds rounds; a row gives the median of the rounds' medians
+               and their range. The default because thread pools (OpenMP in PyTorch,
+               onnxruntime's, OpenBLAS's) keep spinning after a call and tax whatever runs next
+               in the same process: on a 2-core Xeon lstmcore's 2-thread inference at B=128 went
+               from 4.4 to 8.0 ms when it shared a process with PyTorch and onnxruntime.
+  interleaved  one process; the contenders' steps interleaved in blocks (A x block, B x block,
+               A x block, ...; each block after one untimed step that absorbs the previous
+               library's spinning threads); the median and interquartile range over steps.
+               Quicker, and every contender sees the same moment's machine noise.
+Warm-up steps are excluded in both modes.
+
+FLOPs (a multiply-add counts 2; C = 10 classes): training 2*B*T*4H*(2I + 3H) + 6*B*H*C (input,
+recurrent and both weight-gradient GEMMs, the dh GEMM; dx is not needed for the first layer),
+inference 2*T*B*4H*(I + H) + 2*B*H*C; varlen rows count the real work only (B*T replaced by
+the sum of the lengths), so a padded contender shows the cost of its padding. The floor is
+FLOPs over the sgemm rate of lstmcore's own BLAS (a 2048^3 sgemm through lstmcore's time_sgemm
+at the row's thread count, the best of three medians of five); "of floor" = floor / median
+time, for every contender.
+
+The header names the CPU, the cores, lstmcore's ISA path and BLAS core, the libraries'
+versions and whether OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE were set (they change the BLAS
+kernels; this benchmark never changes them: unset them yourself with env -u to compare).
+
+Reproduce the README's table:  python -m lstmcore.bench --json bench.json
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
+import platform
+import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from importlib.util import find_spec
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 import lstmcore
-from lstmcore import optim
+from lstmcore import ops, optim
 from lstmcore import reference as ref
+from lstmcore._native import core
 from lstmcore.nn import Linear, SequenceClassifier, softmax_cross_entropy
 
 CLASSES = 10
+ONNX_TOLERANCE = 1e-4  # max abs difference of float32 logits, onnxruntime vs lstmcore
+MAX_THREADS = 1024  # a typo such as --threads 20000 must not start 20000 threads
+FAMILIES = ("lstmcore", "reference", "torch", "onnxruntime", "keras")
+WORKER_TIMEOUT_S = 3600.0
+
+Array = NDArray[Any]
+Step = Callable[[], None]
 
 
 @dataclass(frozen=True)
-class Shape:
+class Case:
     name: str
+    kind: str  # "train", "infer" or "varlen"
     T: int
     B: int
     I: int  # noqa: E741
     H: int
-    steps: int  # timed steps per contender (fewer for the slow shapes)
+    steps: int  # timed steps per contender and round (fewer for the slow cases)
 
 
-SHAPES = [
-    Shape("mnist-rows", 28, 128, 28, 128, 40),
-    Shape("H256", 28, 128, 28, 256, 30),
-    Shape("H512", 28, 128, 28, 512, 30),
-    Shape("B16", 28, 16, 28, 128, 60),
-    Shape("B512", 28, 512, 28, 128, 30),
-    Shape("pixel-mnist", 784, 128, 1, 128, 5),
+CASES = [
+    Case("mnist-rows", "train", 28, 128, 28, 128, 40),
+    Case("H256", "train", 28, 128, 28, 256, 30),
+    Case("H512", "train", 28, 128, 28, 512, 20),
+    Case("B16", "train", 28, 16, 28, 128, 60),
+    Case("B512", "train", 28, 512, 28, 128, 20),
+    Case("pixel-mnist", "train", 784, 128, 1, 128, 5),
+    Case("infer-B1", "infer", 28, 1, 28, 128, 300),
+    Case("infer-B16", "infer", 28, 16, 28, 128, 150),
+    Case("infer-B128", "infer", 28, 128, 28, 128, 60),
+    Case("varlen-rows", "varlen", 28, 128, 28, 128, 40),
+    Case("varlen-long", "varlen", 400, 64, 28, 128, 8),
 ]
-QUICK = [Shape("tiny", 5, 4, 3, 8, 3), Shape("tiny-long", 30, 2, 1, 4, 3)]
+QUICK = [
+    Case("tiny", "train", 5, 4, 3, 8, 3),
+    Case("tiny-long", "train", 30, 2, 1, 4, 3),
+    Case("tiny-infer-B1", "infer", 5, 1, 3, 8, 3),
+    Case("tiny-infer", "infer", 5, 4, 3, 8, 3),
+    Case("tiny-varlen", "varlen", 6, 5, 3, 8, 3),
+]
+ALL_CASES = {c.name: c for c in CASES + QUICK}
 
 
-def train_flops(s: Shape) -> float:
-    return 2.0 * s.B * s.T * 4 * s.H * (2 * s.I + 3 * s.H) + 6.0 * s.B * s.H * CLASSES
+class RefusedError(Exception):
+    """A contender that cannot run a case faithfully (its numbers disagree, wrong backend)."""
 
 
-def infer_flops(s: Shape) -> float:
-    return 2.0 * s.B * s.T * 4 * s.H * (s.I + s.H) + 2.0 * s.B * s.H * CLASSES
+# ---- work counts -------------------------------------------------------------------------
 
 
-Step = Callable[[], None]
+def case_lengths(case: Case) -> NDArray[np.int64]:
+    """The varlen case's lengths, uniform in [1, T]: one fixed draw, the same in every process
+    and for every contender."""
+    rng = np.random.default_rng(1000 + case.T * 7 + case.B)
+    return rng.integers(1, case.T + 1, case.B).astype(np.int64)
 
 
-def lstmcore_steps(s: Shape, rng: np.random.Generator) -> tuple[Step, Step]:
-    model = SequenceClassifier(s.I, s.H, CLASSES, seed=0)
+def flops(case: Case) -> float:
+    """The useful floating-point work of one step of the case (see the module's help)."""
+    four_h = 4 * case.H
+    if case.kind == "infer":
+        return 2.0 * case.T * case.B * four_h * (case.I + case.H) + 2.0 * case.B * case.H * CLASSES
+    rows_x_steps = float(case_lengths(case).sum()) if case.kind == "varlen" else case.B * case.T
+    recurrent = 2.0 * rows_x_steps * four_h * (2 * case.I + 3 * case.H)
+    return recurrent + 6.0 * case.B * case.H * CLASSES
+
+
+# ---- contenders ----------------------------------------------------------------------------
+
+
+def lstmcore_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    model = SequenceClassifier(case.I, case.H, CLASSES, seed=0)
     opt = optim.Adam(model.params, 1e-3)
-    x = rng.random((s.B, s.T, s.I), dtype=np.float32)
-    y = rng.integers(0, CLASSES, s.B)
+    x = rng.random((case.B, case.T, case.I), dtype=np.float32)
+    y = rng.integers(0, CLASSES, case.B)
 
     def train() -> None:
         model.loss_and_grads(x, y)
         opt.step(model.grads)
 
+    return train
+
+
+def lstmcore_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    model = SequenceClassifier(case.I, case.H, CLASSES, seed=0)
+    x = rng.random((case.B, case.T, case.I), dtype=np.float32)
+
     def infer() -> None:
         model.logits(x)
 
-    return train, infer
+    return infer
 
 
-def reference_steps(s: Shape, rng: np.random.Generator) -> tuple[Step, Step]:
-    lstm = SequenceClassifier(s.I, s.H, CLASSES, seed=0, dtype=np.float64)
-    head: Linear = lstm.head
-    opt = optim.Adam(lstm.params, 1e-3)
-    x = rng.random((s.T, s.B, s.I))
-    y = rng.integers(0, CLASSES, s.B)
-    p = lstm.lstm.params
+def _lstmcore_varlen(case: Case, rng: np.random.Generator, honour_lengths: bool) -> Step:
+    """Through ops directly (nn.LSTM's parameter names are changing; ops' are fixed)."""
+    bound = 1.0 / np.sqrt(case.H)
+    p = {
+        "w_ih": rng.uniform(-bound, bound, (4 * case.H, case.I)).astype(np.float32),
+        "w_hh": rng.uniform(-bound, bound, (4 * case.H, case.H)).astype(np.float32),
+        "bias": rng.uniform(-bound, bound, 4 * case.H).astype(np.float32),
+    }
+    head = Linear(case.H, CLASSES, rng=rng)
+    opt = optim.Adam({**p, **{f"head.{k}": v for k, v in head.params.items()}}, 1e-3)
+    x = rng.random((case.T, case.B, case.I), dtype=np.float32)
+    labels = rng.integers(0, CLASSES, case.B)
+    lengths = case_lengths(case) if honour_lengths else None
+    held: list[ops.LstmContext] = []  # the last context, its buffers reused by the next step
+
+    def train() -> None:
+        reuse = held.pop() if held else None
+        _, h_n, _, ctx = ops.lstm_forward(
+            x, None, None, p["w_ih"], p["w_hh"], p["bias"], reuse=reuse, lengths=lengths
+        )
+        held.append(ctx)
+        _, dlogits = softmax_cross_entropy(head.forward(h_n), labels)
+        dh_n = head.backward(dlogits)
+        _, _, _, dw_ih, dw_hh, dbias = ops.lstm_backward(ctx, None, dh_n, None, need_dx=False)
+        grads = {"w_ih": dw_ih, "w_hh": dw_hh, "bias": dbias}
+        opt.step({**grads, **{f"head.{k}": v for k, v in head.grads.items()}})
+
+    return train
+
+
+def lstmcore_varlen_lengths(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    return _lstmcore_varlen(case, rng, honour_lengths=True)
+
+
+def lstmcore_varlen_padded(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    return _lstmcore_varlen(case, rng, honour_lengths=False)
+
+
+def reference_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    model = SequenceClassifier(case.I, case.H, CLASSES, seed=0, dtype=np.float64)
+    head: Linear = model.head
+    opt = optim.Adam(model.params, 1e-3)
+    x = rng.random((case.T, case.B, case.I))
+    y = rng.integers(0, CLASSES, case.B)
+    p = model.lstm.params
 
     def train() -> None:
         _, h_n, _, ctx = ref.stack_forward(x, None, None, p)
@@ -105,22 +228,39 @@ def reference_steps(s: Shape, rng: np.random.Generator) -> tuple[Step, Step]:
         }
         opt.step(grads)
 
+    return train
+
+
+def reference_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    model = SequenceClassifier(case.I, case.H, CLASSES, seed=0, dtype=np.float64)
+    x = rng.random((case.T, case.B, case.I))
+    p = model.lstm.params
+
     def infer() -> None:
         _, h_n, _, _ = ref.stack_forward(x, None, None, p)
-        head.forward(h_n[0])
+        model.head.forward(h_n[0])
 
-    return train, infer
+    return infer
 
 
-def torch_steps(s: Shape, rng: np.random.Generator) -> tuple[Step, Step]:
+def _torch_model(case: Case, threads: int, batch_first: bool) -> tuple[Any, Any, Any]:
+    """(lstm, head, Adam over both) with torch's own initialisation, seeded."""
     import torch
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    lstm = torch.nn.LSTM(s.I, s.H, batch_first=True)
-    head = torch.nn.Linear(s.H, CLASSES)
+    lstm = torch.nn.LSTM(case.I, case.H, batch_first=batch_first)
+    head = torch.nn.Linear(case.H, CLASSES)
     opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=1e-3)
-    x = torch.from_numpy(rng.random((s.B, s.T, s.I), dtype=np.float32))
-    y = torch.from_numpy(rng.integers(0, CLASSES, s.B))
+    return lstm, head, opt
+
+
+def torch_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    import torch
+
+    lstm, head, opt = _torch_model(case, threads, batch_first=True)
+    x = torch.from_numpy(rng.random((case.B, case.T, case.I), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, CLASSES, case.B))
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def train() -> None:
@@ -129,67 +269,245 @@ def torch_steps(s: Shape, rng: np.random.Generator) -> tuple[Step, Step]:
         loss_fn(head(h_n[0]), y).backward()
         opt.step()
 
+    return train
+
+
+def torch_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    import torch
+
+    lstm, head, _ = _torch_model(case, threads, batch_first=True)
+    x = torch.from_numpy(rng.random((case.B, case.T, case.I), dtype=np.float32))
+
     def infer() -> None:
         with torch.inference_mode():
             _, (h_n, _) = lstm(x)
             head(h_n[0])
 
-    return train, infer
+    return infer
 
 
-def keras_steps(s: Shape, rng: np.random.Generator) -> tuple[Step, Step]:
+def _torch_varlen(case: Case, rng: np.random.Generator, threads: int, packed: bool) -> Step:
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    lstm, head, opt = _torch_model(case, threads, batch_first=False)  # time-major, as ops
+    x = torch.from_numpy(rng.random((case.T, case.B, case.I), dtype=np.float32))
+    labels = torch.from_numpy(rng.integers(0, CLASSES, case.B))
+    lengths = torch.from_numpy(case_lengths(case))  # int64 on the CPU, as torch wants
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train() -> None:
+        opt.zero_grad(set_to_none=True)
+        if packed:
+            out, (h_n, _) = lstm(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            pad_packed_sequence(out, total_length=case.T)  # y, as the padded contenders give
+        else:
+            _, (h_n, _) = lstm(x)
+        loss_fn(head(h_n[0]), labels).backward()
+        opt.step()
+
+    return train
+
+
+def torch_varlen_packed(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    return _torch_varlen(case, rng, threads, packed=True)
+
+
+def torch_varlen_padded(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    return _torch_varlen(case, rng, threads, packed=False)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One classifier's float32 weights in lstmcore's layout (torch's gates i, f, g, o)."""
+
+    w_ih: Array  # (4H, I)
+    w_hh: Array  # (4H, H)
+    bias: Array  # (4H,): torch's b_ih + b_hh
+    head_w: Array  # (C, H)
+    head_b: Array  # (C,)
+
+    @staticmethod
+    def random(case: Case, rng: np.random.Generator) -> Weights:
+        bound = 1.0 / np.sqrt(case.H)
+
+        def draw(*shape: int) -> Array:
+            return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+        h4 = 4 * case.H
+        return Weights(
+            draw(h4, case.I), draw(h4, case.H), draw(h4), draw(CLASSES, case.H), draw(CLASSES)
+        )
+
+
+def onnx_model(w: Weights, case: Case) -> bytes:
+    """The classifier as ONNX: Transpose (B,T,I) -> (T,B,I), ONNX's LSTM op, Squeeze, Gemm.
+
+    ONNX orders the gates i, o, f, c where torch has i, f, g, o; W is (1, 4H, I), R (1, 4H, H)
+    and B (1, 8H) = [Wb, Rb]: lstmcore's one bias goes into Wb, Rb is zero."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    h = case.H
+    order = np.r_[0:h, 3 * h : 4 * h, h : 2 * h, 2 * h : 3 * h]  # i, o, f, g(=c)
+    bias = np.concatenate([w.bias[order], np.zeros(4 * h, np.float32)])
+    tensors = {
+        "W": w.w_ih[order][None],
+        "R": w.w_hh[order][None],
+        "B": bias[None],
+        "head_w": w.head_w,
+        "head_b": w.head_b,
+        "axis0": np.zeros(1, np.int64),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["images"], ["x"], perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "h_n"], hidden_size=h),
+        helper.make_node("Squeeze", ["h_n", "axis0"], ["h"]),
+        helper.make_node("Gemm", ["h", "head_w", "head_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "lstm_classifier",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", case.T, case.I])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", CLASSES])],
+        initializer=[numpy_helper.from_array(a, name) for name, a in tensors.items()],
+    )
+    # opset 17 / IR 8: old enough for any onnxruntime of the last years, new enough for
+    # Squeeze's axes as an input
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def onnx_session(model: bytes, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def lstmcore_logits(w: Weights, images: Array) -> Array:
+    """lstmcore's logits for the same weights: the oracle onnxruntime is checked against."""
+    x = np.ascontiguousarray(images.transpose(1, 0, 2))
+    _, h_n, _, _ = ops.lstm_forward(x, None, None, w.w_ih, w.w_hh, w.bias, need_y=False)
+    logits: Array = ops.matmul(h_n, w.head_w, trans_b=True) + w.head_b
+    return logits
+
+
+def onnx_checked(case: Case, rng: np.random.Generator, threads: int) -> tuple[Any, Array, float]:
+    """(onnxruntime session, input images, max abs logit difference against lstmcore)."""
+    w = Weights.random(case, rng)
+    images = rng.random((case.B, case.T, case.I), dtype=np.float32)
+    session = onnx_session(onnx_model(w, case), threads)
+    (logits,) = session.run(["logits"], {"images": images})
+    return session, images, float(np.max(np.abs(logits - lstmcore_logits(w, images))))
+
+
+def onnx_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    session, images, diff = onnx_checked(case, rng, threads)
+    if not diff <= ONNX_TOLERANCE:  # NaN refuses too
+        raise RefusedError(
+            f"onnxruntime refused for {case.name}: its logits differ from lstmcore's on the "
+            f"same weights by {diff:.3g} (tolerance {ONNX_TOLERANCE:g})"
+        )
+    feed = {"images": images}
+
+    def infer() -> None:
+        session.run(["logits"], feed)
+
+    return infer
+
+
+def _keras_model(case: Case) -> Any:
+    os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
 
+    if keras.backend.backend() != "jax":
+        raise RefusedError(f"keras uses the {keras.backend.backend()} backend, not jax: skipped")
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((s.T, s.I)), keras.layers.LSTM(s.H), keras.layers.Dense(CLASSES)]
+        [keras.Input((case.T, case.I)), keras.layers.LSTM(case.H), keras.layers.Dense(CLASSES)]
     )
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         jit_compile=True,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    x = rng.random((s.B, s.T, s.I), dtype=np.float32)
-    y = rng.integers(0, CLASSES, s.B)
+    return model
+
+
+def keras_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    model = _keras_model(case)
+    x = rng.random((case.B, case.T, case.I), dtype=np.float32)
+    y = rng.integers(0, CLASSES, case.B)
 
     def train() -> None:
         model.train_on_batch(x, y)
 
+    return train
+
+
+def keras_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    model = _keras_model(case)
+    x = rng.random((case.B, case.T, case.I), dtype=np.float32)
+
     def infer() -> None:
         model.predict_on_batch(x)
 
-    return train, infer
+    return infer
 
 
-def contenders(threads: int) -> tuple[dict[str, Callable[..., tuple[Step, Step]]], list[str]]:
-    found: dict[str, Callable[..., tuple[Step, Step]]] = {
-        "lstmcore": lstmcore_steps,
-        "numpy-reference": reference_steps,
-    }
-    notes: list[str] = []
+Builder = Callable[[Case, np.random.Generator, int], Step]
+# (family, kind) -> {contender name: builder}; a missing pair: the family does not run that kind
+BUILDERS: dict[tuple[str, str], dict[str, Builder]] = {
+    ("lstmcore", "train"): {"lstmcore": lstmcore_train},
+    ("lstmcore", "infer"): {"lstmcore": lstmcore_infer},
+    ("lstmcore", "varlen"): {
+        "lstmcore-lengths": lstmcore_varlen_lengths,
+        "lstmcore-padded": lstmcore_varlen_padded,
+    },
+    ("reference", "train"): {"reference": reference_train},
+    ("reference", "infer"): {"reference": reference_infer},
+    ("torch", "train"): {"torch": torch_train},
+    ("torch", "infer"): {"torch": torch_infer},
+    ("torch", "varlen"): {"torch-packed": torch_varlen_packed, "torch-padded": torch_varlen_padded},
+    ("onnxruntime", "infer"): {"onnxruntime": onnx_infer},
+    ("keras", "train"): {"keras": keras_train},
+    ("keras", "infer"): {"keras": keras_infer},
+}
+# the order of the table's columns and rows, whatever order the workers finished in
+CONTENDERS = list(dict.fromkeys(name for builders in BUILDERS.values() for name in builders))
+BASELINES = ("lstmcore", "lstmcore-lengths", "lstmcore-padded")  # "x lstmcore": the first found
+
+
+def unavailable(family: str, threads: int) -> str | None:
+    """Why a family cannot run here (None: it can), found without importing it: an import
+    would start nothing, but the parent of isolated runs should stay free of peers."""
+    missing = {
+        "torch": ("torch",),
+        "onnxruntime": ("onnx", "onnxruntime"),
+        "keras": ("keras", "jax"),
+    }.get(family, ())
+    absent = [m for m in missing if find_spec(m) is None]
+    if absent:
+        names = ", ".join(absent)
+        return f"{family} skipped: {names} not importable (pip install {' '.join(absent)})"
+    if family == "keras" and threads != all_cores():
+        return f"keras runs only with all cores (XLA sizes its pool once), not with {threads}"
+    return None
+
+
+# ---- measurement ---------------------------------------------------------------------------
+
+
+def all_cores() -> int:
     try:
-        import torch
-
-        torch.set_num_threads(threads)
-        found[f"torch-{torch.__version__}"] = torch_steps
-    except ImportError:
-        notes.append("PyTorch not importable: skipped (pip install torch==2.13.0)")
-    # XLA sizes its thread pool once per process, from all cores: Keras runs only in the
-    # all-cores pass, where its thread count matches the others'
-    if threads == len(os.sched_getaffinity(0)):
-        os.environ.setdefault("KERAS_BACKEND", "jax")
-        try:
-            import keras
-
-            if keras.backend.backend() == "jax":
-                found[f"keras-{keras.__version__}-jax"] = keras_steps
-            else:
-                notes.append(f"Keras uses the {keras.backend.backend()} backend: skipped")
-        except ImportError:
-            notes.append("Keras 3 / JAX not importable: skipped")
-    else:
-        notes.append(f"Keras/JAX runs only with all cores (XLA's pool), not with {threads}")
-    return found, notes
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def timed(fn: Step) -> float:
@@ -217,140 +535,509 @@ def measure(
     return times
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What one process measures: these families' contenders on these cases."""
+
+    families: tuple[str, ...]
+    cases: tuple[str, ...]
+    threads: int
+    repeats: int | None  # None: each case's own step count
+    warmup: int
+    block: int
+
+
+Times = dict[str, dict[str, list[float]]]  # case -> contender -> seconds per timed step
+
+
+def run_plan(plan: Plan, notes: list[str]) -> Times:
+    """Builds and times every contender of the plan in this process, case by case."""
+    lstmcore.set_num_threads(plan.threads)
+    out: Times = {}
+    for name in plan.cases:
+        case = ALL_CASES[name]
+        steps = build_steps(plan.families, case, plan.threads, notes)
+        if steps:
+            out[name] = measure(steps, plan.repeats or case.steps, plan.warmup, plan.block)
+        print(f"  measured {name} with {plan.threads} thread(s)", file=sys.stderr)
+    return out
+
+
+def build_steps(
+    families: Sequence[str], case: Case, threads: int, notes: list[str]
+) -> dict[str, Step]:
+    steps: dict[str, Step] = {}
+    for family in families:
+        why = unavailable(family, threads)
+        if why is not None:
+            add_note(notes, why)
+            continue
+        for contender, make in BUILDERS.get((family, case.kind), {}).items():
+            try:
+                steps[contender] = make(case, np.random.default_rng(0), threads)
+            except RefusedError as refused:
+                add_note(notes, str(refused))
+    return steps
+
+
+def add_note(notes: list[str], note: str) -> None:
+    if note not in notes:
+        notes.append(note)
+
+
+# ---- isolated mode: one process per library, alternated over rounds ------------------------
+
+RoundTimes = dict[int, dict[str, dict[str, list[list[float]]]]]  # threads -> case -> name -> rounds
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """The worker's environment: every pool sized to the row's threads before any library
+    loads (numpy's own BLAS, used by the reference, reads these only at start-up)."""
+    env = dict(os.environ)
+    for var in (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "LSTMCORE_NUM_THREADS",
+    ):
+        env[var] = str(threads)
+    return env
+
+
+def run_worker(plan: Plan, notes: list[str]) -> Times:
+    """Runs the plan in a fresh process (``--worker``) and returns its times ({} on failure,
+    with a note)."""
+    command = [sys.executable, "-m", "lstmcore.bench", "--worker", json.dumps(asdict(plan))]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=worker_env(plan.threads),
+        timeout=WORKER_TIMEOUT_S,
+        check=False,
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        add_note(notes, f"{'/'.join(plan.families)} worker failed ({done.returncode}): {tail}")
+        return {}
+    result = json.loads(lines[-1])  # the last line: anything a library printed comes before
+    for note in result["notes"]:
+        add_note(notes, note)
+    times: Times = result["times"]
+    return times
+
+
+def run_isolated(
+    base: Plan, threads_list: Sequence[int], rounds: int, notes: list[str]
+) -> RoundTimes:
+    """Each of the base plan's families alone in its own process, at every thread count; the
+    order rotates every round so that no family always runs first (or after a heavy one)."""
+    families = base.families
+    out: RoundTimes = {t: {} for t in threads_list}
+    for r in range(rounds):
+        order = [*families[r % len(families) :], *families[: r % len(families)]]
+        for threads in threads_list:
+            for family in order:
+                mine = tuple(c for c in base.cases if (family, ALL_CASES[c].kind) in BUILDERS)
+                why = unavailable(family, threads)
+                if why is not None:
+                    add_note(notes, why)
+                if why is not None or not mine:
+                    continue
+                plan = replace(base, families=(family,), cases=mine, threads=threads)
+                start = time.perf_counter()
+                for case, by_name in run_worker(plan, notes).items():
+                    for name, t in by_name.items():
+                        out[threads].setdefault(case, {}).setdefault(name, []).append(t)
+                print(
+                    f"round {r + 1}/{rounds}: {family} with {threads} thread(s) "
+                    f"{time.perf_counter() - start:.1f} s",
+                    file=sys.stderr,
+                )
+    return out
+
+
+# ---- the report ----------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions that decide which kernels run (x86 Linux; [] elsewhere)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def isa_path() -> str:
+    """lstmcore's ISA path. lstmcore.isa() arrives with the fused kernels (helper i9); until
+    it is in main this says "unknown" (after the merge: return lstmcore.isa())."""
+    isa = getattr(lstmcore, "isa", None)
+    return str(isa()) if callable(isa) else "unknown"
+
+
+def versions() -> dict[str, str]:
+    """Installed versions (read from the package metadata: nothing is imported)."""
+    out = {"python": platform.python_version(), "lstmcore": lstmcore.__version__}
+    for dist in ("numpy", "torch", "onnx", "onnxruntime", "keras", "jax"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def header(mode: str, rounds: int, ceilings: dict[int, float]) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "rounds": rounds,
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "usable_cores": all_cores(),
+        "isa": isa_path(),
+        "blas_core": core.blas_core_name(),
+        "versions": versions(),
+        "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+        "ceilings_flops": ceilings,
+    }
+
+
+def print_header(h: dict[str, Any]) -> None:
+    how = (
+        f"isolated, {h['rounds']} round(s): each library alone in its own process"
+        if h["mode"] == "isolated"
+        else "interleaved in one process"
+    )
+    print(f"lstmcore benchmark ({how})")
+    flags = " ".join(h["cpu_flags"]) or "none found"
+    print(f"CPU: {h['cpu']} ({flags}); {h['cores']} cores, {h['usable_cores']} usable")
+    print(f"lstmcore {h['versions']['lstmcore']}: ISA path {h['isa']}, BLAS {h['blas_core']}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()))
+    env = ", ".join(f"{k}={'(not set)' if v is None else v}" for k, v in h["openblas_env"].items())
+    print(f"environment: {env}")
+    rates = ", ".join(f"{t} thread(s) {c / 1e9:.1f}" for t, c in h["ceilings_flops"].items())
+    print(f"sgemm rate of lstmcore's BLAS (GFLOP/s): {rates}")
+
+
 def summarise(
-    shape: Shape, kind: str, threads: int, times: dict[str, list[float]], ceiling: float
+    case: Case, threads: int, times: dict[str, list[list[float]]], ceiling: float
 ) -> list[dict[str, Any]]:
-    flops = train_flops(shape) if kind == "train" else infer_flops(shape)
-    base = float(np.median(times["lstmcore"]))
+    """One row per contender; ``times[name]`` is a list of rounds (interleaved: one round)."""
+    work = flops(case)
+    medians = {name: [float(np.median(r)) for r in rounds] for name, rounds in times.items()}
+    mid = {name: float(np.median(m)) for name, m in medians.items()}
+    base = next((mid[b] for b in BASELINES if b in mid), None)
     rows = []
-    for name, t in times.items():
-        med = float(np.median(t))
-        q1, q3 = (float(v) for v in np.percentile(t, [25, 75]))
+    for name in sorted(times, key=CONTENDERS.index):
+        rounds = times[name]
+        steps = np.concatenate(rounds)
+        q1, q3 = (float(v) for v in np.percentile(steps, [25, 75]))
+        med = mid[name]
         rows.append(
             {
-                "shape": shape.name,
-                "T": shape.T,
-                "B": shape.B,
-                "I": shape.I,
-                "H": shape.H,
-                "kind": kind,
+                "shape": case.name,
+                "kind": case.kind,
+                "T": case.T,
+                "B": case.B,
+                "I": case.I,
+                "H": case.H,
                 "threads": threads,
                 "contender": name,
-                "steps": len(t),
+                "steps": int(steps.size),
+                "rounds": len(rounds),
                 "median_ms": 1e3 * med,
                 "iqr_ms": 1e3 * (q3 - q1),
-                "samples_per_s": shape.B / med,
-                "gflops": flops / med / 1e9,
-                "time_vs_lstmcore": med / base,
-                "fraction_of_floor": (flops / ceiling) / med if name == "lstmcore" else None,
+                # isolated mode: the spread of the rounds' medians (None for a single round)
+                "range_ms": [1e3 * min(medians[name]), 1e3 * max(medians[name])]
+                if len(rounds) > 1
+                else None,
+                "round_medians_ms": [1e3 * m for m in medians[name]],
+                "samples_per_s": case.B / med,
+                "flops": work,
+                "gflops": work / med / 1e9,
+                "time_vs_lstmcore": med / base if base else None,
+                "fraction_of_floor": (work / ceiling) / med,
+                **({"sum_lengths": int(case_lengths(case).sum())} if case.kind == "varlen" else {}),
             }
         )
     return rows
 
 
-def print_table(rows: list[dict[str, Any]], ceilings: dict[int, float]) -> None:
-    for threads, c in ceilings.items():
-        print(
-            f"sgemm ceiling (2048^3, lstmcore's BLAS, {threads} thread(s)): {c / 1e9:.1f} GFLOP/s"
-        )
+def print_table(rows: list[dict[str, Any]], mode: str) -> None:
+    spread = "range ms" if mode == "isolated" else "IQR ms"
     head = (
-        f"{'shape':<12}{'kind':<7}{'thr':>4} {'contender':<22}{'median ms':>10}"
-        f"{'IQR ms':>8}{'samples/s':>11}{'GFLOP/s':>9}{'x lstmcore':>11}{'of floor':>9}"
+        f"{'case':<14}{'kind':<7}{'thr':>4} {'contender':<17}{'median ms':>10}{spread:>15}"
+        f"{'samples/s':>11}{'GFLOP/s':>9}{'x lstmcore':>11}{'of floor':>9}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
-        floor = f"{100 * r['fraction_of_floor']:.0f}%" if r["fraction_of_floor"] else ""
+        if mode == "isolated":
+            lo, hi = r["range_ms"]
+            width = f"{lo:.3g}-{hi:.3g}"
+        else:
+            width = f"{r['iqr_ms']:.3g}"
+        ratio = f"{r['time_vs_lstmcore']:.2f}" if r["time_vs_lstmcore"] else ""
         print(
-            f"{r['shape']:<12}{r['kind']:<7}{r['threads']:>4} {r['contender']:<22}"
-            f"{r['median_ms']:>10.2f}{r['iqr_ms']:>8.2f}{r['samples_per_s']:>11.0f}"
-            f"{r['gflops']:>9.1f}{r['time_vs_lstmcore']:>11.2f}{floor:>9}"
+            f"{r['shape']:<14}{r['kind']:<7}{r['threads']:>4} {r['contender']:<17}"
+            f"{r['median_ms']:>10.3f}{width:>15}{r['samples_per_s']:>11.0f}"
+            f"{r['gflops']:>9.1f}{ratio:>11}{100 * r['fraction_of_floor']:>8.0f}%"
         )
 
 
-def main(argv: list[str] | None = None) -> int:
+def markdown_table(rows: list[dict[str, Any]], mode: str) -> str:
+    """One table per kind, its contenders side by side: `median (lo-hi)` ms in isolated mode,
+    the median otherwise; "of floor" is lstmcore's (the first baseline found in the line)."""
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    return "\n".join(markdown_kind([r for r in rows if r["kind"] == k], mode) for k in kinds)
+
+
+def markdown_kind(rows: list[dict[str, Any]], mode: str) -> str:
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    groups: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["shape"], r["threads"]), {})[r["contender"]] = r
+    kind = rows[0]["kind"]
+    lines = [
+        f"| {kind} (ms) | T, B, I, H | threads | " + " | ".join(names) + " | of floor |",
+        "|" + " --- |" * (4 + len(names)),
+    ]
+    for (case, threads), by in groups.items():
+        first = next(iter(by.values()))
+        dims = f"{first['T']}, {first['B']}, {first['I']}, {first['H']}"
+        cells = [markdown_cell(by[n], mode) if n in by else "" for n in names]
+        base = next((by[b] for b in BASELINES if b in by), None)
+        floor = f"{100 * base['fraction_of_floor']:.0f}%" if base else ""
+        lines.append(f"| {case} | {dims} | {threads} | " + " | ".join(cells) + f" | {floor} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_cell(row: dict[str, Any], mode: str) -> str:
+    if mode == "isolated" and row["range_ms"] is not None:
+        lo, hi = row["range_ms"]
+        return f"{row['median_ms']:.3g} ({lo:.3g}-{hi:.3g})"
+    return f"{row['median_ms']:.3g}"
+
+
+# ---- the command line ----------------------------------------------------------------------
+
+
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], else argparse's one `error:` line."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lstmcore.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--threads",
-        type=int,
-        nargs="+",
-        default=sorted({1, len(os.sched_getaffinity(0))}),
-        help="thread counts to run (default: 1 and all cores)",
+        "--mode",
+        choices=("isolated", "interleaved"),
+        default="isolated",
+        help="isolated (default): each library in its own process, alternated over rounds; "
+        "interleaved: all in one process, steps interleaved in blocks",
     )
     parser.add_argument(
-        "--shapes", nargs="+", default=None, help=f"subset of {[s.name for s in SHAPES]}"
+        "--rounds",
+        type=int_at_least(1),
+        default=None,
+        help="isolated mode: rounds over all libraries (default 3)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int_at_least(1, MAX_THREADS),
+        nargs="+",
+        default=None,
+        help=f"thread counts to run (default: 1 and all cores, here {all_cores()})",
+    )
+    parser.add_argument(
+        "--cases",
+        "--shapes",
+        dest="cases",
+        nargs="+",
+        default=None,
+        metavar="CASE",
+        help=f"subset of the cases: {', '.join(ALL_CASES)} (default: all but the tiny ones; "
+        "with --quick the tiny ones)",
+    )
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=FAMILIES,
+        default=None,
+        metavar="NAME",
+        help=f"libraries to run, of {', '.join(FAMILIES)} (default: all that are installed)",
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=int_at_least(1),
         default=None,
-        help="timed steps per contender (default: per shape, >= 30 for all but pixel-mnist)",
+        help="timed steps per contender (and round) for every case (default: per case, "
+        ">= 20 for all but pixel-mnist and varlen-long)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int_at_least(0),
+        default=2,
+        help="untimed steps per contender before timing (default 2)",
     )
     parser.add_argument(
         "--block",
-        type=int,
+        type=int_at_least(1),
         default=3,
-        help="timed steps per contender before switching to the next (after one untimed step)",
+        help="interleaving: timed steps per contender before switching to the next, after one "
+        "untimed step (default 3)",
     )
     parser.add_argument(
         "--no-reference",
         action="store_true",
         help="skip the NumPy reference (slow at large shapes)",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
-    parser.add_argument("--json", metavar="FILE", help="write every measurement here")
-    args = parser.parse_args(argv)
-    if any(t < 1 for t in args.threads):
-        parser.error("--threads: counts must be >= 1")
-    shapes = QUICK if args.quick else SHAPES
-    if args.shapes:
-        unknown = set(args.shapes) - {s.name for s in shapes}
-        if unknown:
-            parser.error(f"--shapes: unknown {sorted(unknown)}")
-        shapes = [s for s in shapes if s.name in args.shapes]
-    rng = np.random.default_rng(0)
-    rows: list[dict[str, Any]] = []
-    ceilings: dict[int, float] = {}
-    notes: list[str] = []
-    for threads in args.threads:
-        lstmcore.set_num_threads(threads)
-        from lstmcore._native import core
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny cases and a 512^3 sgemm for the rate: a smoke test, not a measurement",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write every measurement here")
+    parser.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the table in Markdown, one line per case and thread count, the "
+        "contenders side by side (the README's form)",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # isolated mode's child process
+    return parser
 
-        ceilings[threads] = 2.0 * 2048**3 / core.time_sgemm(2048, 5)
-        found, found_notes = contenders(threads)
-        notes.extend(n for n in found_notes if n not in notes)
-        if args.no_reference:
-            found.pop("numpy-reference")
-        for shape in shapes:
-            repeats = args.repeats or shape.steps
-            built = {name: make(shape, rng) for name, make in found.items()}
-            for k, kind in enumerate(("train", "infer")):
-                steps = {name: pair[k] for name, pair in built.items()}
-                times = measure(steps, repeats, warmup=2, block=args.block)
-                rows.extend(summarise(shape, kind, threads, times, ceilings[threads]))
-            print(f"  measured {shape.name} with {threads} thread(s)", file=sys.stderr)
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What argparse's types cannot see; every failure is one `error:` line and exit 2,
+    before any work."""
+    if args.cases:
+        unknown = [c for c in args.cases if c not in ALL_CASES]
+        if unknown:
+            parser.error(f"--cases: unknown {unknown}; known: {', '.join(ALL_CASES)}")
+    if args.rounds is not None and args.mode != "isolated":
+        parser.error("--rounds: applies to --mode isolated only")
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            parser.error(f"{flag}: {path} is a directory")
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            parser.error(f"{flag}: cannot write into {folder} (missing or not writable)")
+
+
+def worker_main(parser: argparse.ArgumentParser, spec: str) -> int:
+    """Isolated mode's child: runs one plan, prints {"times", "notes"} as the last line."""
+    try:
+        plan = Plan(**json.loads(spec))
+        plan = Plan(
+            tuple(plan.families),
+            tuple(plan.cases),
+            plan.threads,
+            plan.repeats,
+            plan.warmup,
+            plan.block,
+        )
+    except (ValueError, TypeError) as bad:
+        parser.error(f"--worker: not a plan ({bad})")
+    if not set(plan.cases) <= set(ALL_CASES) or not set(plan.families) <= set(FAMILIES):
+        parser.error("--worker: unknown case or family")
+    notes: list[str] = []
+    times = run_plan(plan, notes)
+    print(json.dumps({"times": times, "notes": notes}))
+    return 0
+
+
+def selected(args: argparse.Namespace) -> tuple[list[Case], list[str], list[int]]:
+    cases = [ALL_CASES[c] for c in args.cases] if args.cases else (QUICK if args.quick else CASES)
+    families = list(args.contenders or FAMILIES)
+    if args.no_reference and "reference" in families:
+        families.remove("reference")
+    threads = sorted(set(args.threads or {1, all_cores()}))
+    return cases, families, threads
+
+
+def sgemm_rates(threads_list: Sequence[int], n: int) -> dict[int, float]:
+    """The BLAS's (n, n) sgemm rate per thread count: the best of three medians of five, since
+    a floor should not fall because another process took the core for a moment."""
+    rates = {}
+    for threads in threads_list:
+        lstmcore.set_num_threads(threads)
+        rates[threads] = 2.0 * n**3 / min(core.time_sgemm(n, 5) for _ in range(3))
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        return worker_main(parser, args.worker)
+    check_args(parser, args)
+    cases, families, threads_list = selected(args)
+    ceilings = sgemm_rates(threads_list, 512 if args.quick else 2048)
+    rounds = (args.rounds or 3) if args.mode == "isolated" else 1
+    names = tuple(c.name for c in cases)
+    base = Plan(tuple(families), names, 1, args.repeats, args.warmup, args.block)
+    notes: list[str] = []
+    if args.mode == "isolated":
+        results = run_isolated(base, threads_list, rounds, notes)
+    else:
+        results = {}
+        for threads in threads_list:
+            once = run_plan(replace(base, threads=threads), notes)
+            results[threads] = {c: {n: [t] for n, t in by.items()} for c, by in once.items()}
+    rows = [  # a case's thread counts next to each other
+        row
+        for case in cases
+        for threads in threads_list
+        if case.name in results[threads]
+        for row in summarise(case, threads, results[threads][case.name], ceilings[threads])
+    ]
+    info = header(args.mode, rounds, ceilings)
+    print_header(info)
     for note in notes:
         print(f"note: {note}")
-    print_table(rows, ceilings)
+    print_table(rows, args.mode)
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(
-                {
-                    "ceilings_flops": ceilings,
-                    "notes": notes,
-                    "rows": rows,
-                    "blas_core": core.blas_core_name(),
-                    "openblas_env": {
-                        k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-                    },
-                },
-                out,
-                indent=1,
-            )
+            json.dump({**info, "notes": notes, "rows": rows}, out, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as out:
+            out.write(markdown_table(rows, args.mode))
     return 0
 
 
