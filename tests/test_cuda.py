@@ -128,24 +128,24 @@ def cuda_module() -> Any:
 
 
 def test_the_models_parameters_follow_the_trainers_layout() -> None:
-    """The host's parameters, under the device's names, give exactly the trainer's flat
-    layout (names and sizes, in order): checked on the host, without a GPU, wherever _cuda
-    loads (CI builds it)."""
-    from lstmcore.cuda_train import device_arrays, param_layout
+    """The host's parameters give exactly the trainer's flat layout (names and sizes, in order,
+    torch's two biases included): checked on the host, without a GPU, wherever _cuda loads (CI
+    builds it)."""
+    from lstmcore.cuda_train import param_layout
 
     module = cuda_module()
     model = SequenceClassifier(28, 16, 10)
-    layout = param_layout(device_arrays(model.params, combine="sum"))
+    layout = param_layout(model.params)
     assert layout == module.param_layout(28, 16, 10)
     module.check_layout(layout, 28, 16, 10)
 
 
 @pytest.mark.parametrize("change", ["reordered", "renamed", "resized", "missing", "extra"])
 def test_a_layout_that_differs_from_the_trainers_is_refused(change: str) -> None:
-    from lstmcore.cuda_train import device_arrays, param_layout
+    from lstmcore.cuda_train import param_layout
 
     module = cuda_module()
-    layout = param_layout(device_arrays(SequenceClassifier(28, 16, 10).params, combine="sum"))
+    layout = param_layout(SequenceClassifier(28, 16, 10).params)
     if change == "reordered":
         layout[0], layout[1] = layout[1], layout[0]
     elif change == "renamed":
