@@ -128,3 +128,19 @@ def test_layers_directions_and_tasks_match_torch(
         expected = head(torch.cat(list(top), dim=1)).numpy()
     got = _session(path).run(["logits"], {"images": images})[0]
     assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_a_trained_stacked_bidirectional_checkpoint_exports_and_matches(
+    tmp_path_factory: pytest.TempPathFactory, mnist: data.MnistData
+) -> None:
+    flags = ("--iters", "3", "--hidden", "8", "--batch-size", "16", "--train-subset", "64")
+    flags += ("--val-size", "100", "--layers", "2", "--bidirectional")
+    run = trained_run(tmp_path_factory, flags)
+    out = run / "stacked.onnx"
+    assert export.main([str(run / "best.npz"), str(out)]) == 0
+    nodes = [n for n in onnx.load(str(out)).graph.node if n.op_type == "LSTM"]
+    assert len(nodes) == 2
+    assert all(a.s == b"bidirectional" for n in nodes for a in n.attribute if a.name == "direction")
+    images = mnist.test_images[:64]
+    logits = _session(out).run(["logits"], {"images": images})[0]
+    assert np.abs(logits - lstmcore.load(run / "best.npz").logits(images)).max() <= 1e-4
