@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from lstmcore import checkpoint, optim, train
+from lstmcore.model import load_network
 from lstmcore.nn import SequenceClassifier
 from lstmcore.run import Config, Run, make_model, make_optimizer
 from lstmcore.stepper import CpuStepper, CudaStepper, divergence
@@ -501,7 +502,7 @@ def test_evaluate_reads_another_data_dir(
     directory = small_dataset(tmp_path / "set", rng)
     assert evaluate.main([str(one_epoch_run / "best.npz"), "--data-dir", str(directory)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    model = evaluate.load_model(str(one_epoch_run / "best.npz"))
+    model = load_network(str(one_epoch_run / "best.npz"))
     test = data.load_mnist(directory)
     correct = int((model.predict(test.test_images) == test.test_labels).sum())
     assert out[-1] == f"test accuracy: {100 * correct / 10:.2f}% ({correct}/10)"

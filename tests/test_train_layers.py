@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lstmcore import checkpoint, evaluate, optim
+from lstmcore import checkpoint, optim
 from lstmcore.cuda_train import CudaSession, param_layout
+from lstmcore.model import load_network
 from lstmcore.nn import SequenceClassifier
 from lstmcore.run import Config, Run
 
@@ -51,7 +52,7 @@ def test_layer_flags_train_and_save_torch_names(tmp_path: Path) -> None:
     assert meta["model"]["num_layers"] == 2 and meta["model"]["bidirectional"] is True
     config = json.loads((run / "config.json").read_text())
     assert (config["layers"], config["bidirectional"], config["dropout"]) == (2, True, 0.2)
-    model = evaluate.load_model(str(run / "best.npz"))
+    model = load_network(str(run / "best.npz"))
     assert model.lstm.num_layers == 2 and model.lstm.bidirectional
     # a forged description is refused as a bad checkpoint, before any model is built
     params, opt_state, meta, other = checkpoint.load(run / "best.npz")
@@ -59,7 +60,7 @@ def test_layer_flags_train_and_save_torch_names(tmp_path: Path) -> None:
         checkpoint.save(run / "forged.npz", params, opt_state,
                         {**meta, "model": {**meta["model"], **forged}}, other)  # fmt: skip
         with pytest.raises(checkpoint.CheckpointError, match=r"forged\.npz"):
-            evaluate.load_model(str(run / "forged.npz"))
+            load_network(str(run / "forged.npz"))
 
 
 @pytest.mark.parametrize(
@@ -134,7 +135,7 @@ def test_a_v01_run_evaluates_and_resumes(tmp_path: Path) -> None:
     with Run.resume(tmp_path / "old") as resumed:
         np.testing.assert_array_equal(resumed.model.logits(images), want)
         assert resumed.train() and resumed.prog.step == 6
-    model = evaluate.load_model(str(tmp_path / "old" / "best.npz"))
+    model = load_network(str(tmp_path / "old" / "best.npz"))
     assert set(model.params) == set(run.model.params)
 
 

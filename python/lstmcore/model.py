@@ -17,6 +17,7 @@ model trained on ``--task pixels`` or ``--task permuted`` is called with plain i
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lstmcore import checkpoint
-from lstmcore.nn import SequenceClassifier
+from lstmcore.nn import SequenceClassifier, upgrade_v01_params
 
 Array = NDArray[Any]
 
-__all__ = ["TASKS", "Classifier", "Task", "load", "make_permutation", "task_from", "task_record"]
+__all__ = [
+    "TASKS",
+    "Classifier",
+    "Task",
+    "load",
+    "load_network",
+    "make_permutation",
+    "task_from",
+    "task_record",
+]
 
 TASKS = ("rows", "pixels", "permuted")
 
@@ -211,16 +221,84 @@ def task_from(
     return task, (rows, width)
 
 
+_SHAPE_KEYS = ("input_size", "hidden_size", "num_classes")
+_LAYER_KEYS = {"num_layers", "bidirectional", "dropout"}  # absent in lstmcore 0.1's files
+
+
+def network_description(path: str, params: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """SequenceClassifier's arguments from the checkpoint's metadata, checked against its
+    arrays (under today's names: ``params`` already upgraded from 0.1) before anything is
+    built: the model then allocates no more than the checkpoint already holds, whatever the
+    metadata claims."""
+    shape = meta.get("model")
+    if not isinstance(shape, dict) or not set(_SHAPE_KEYS) <= set(shape) <= {
+        *_SHAPE_KEYS,
+        *_LAYER_KEYS,
+    }:
+        raise checkpoint.CheckpointError(f"{path}: no model description in its metadata")
+    try:
+        described = tuple(operator.index(shape[k]) for k in _SHAPE_KEYS)
+        layers = operator.index(shape.get("num_layers", 1))
+        bidirectional = shape.get("bidirectional", False)
+        dropout = float(shape.get("dropout", 0.0))
+        if not isinstance(bidirectional, bool):
+            raise TypeError(f"bidirectional must be true or false, got {bidirectional!r}")
+        if not 0.0 <= dropout <= 1.0:  # NaN fails too
+            raise ValueError(f"dropout must be in [0, 1], got {dropout!r}")
+    except (TypeError, ValueError) as err:
+        raise checkpoint.CheckpointError(f"{path}: bad model description: {err}") from err
+    w_ih, head = params.get("lstm.weight_ih_l0"), params.get("head.weight")
+    if w_ih is None or head is None or w_ih.ndim != 2 or head.ndim != 2:
+        raise checkpoint.CheckpointError(f"{path}: no lstm.weight_ih_l0 and head.weight matrices")
+    held = (w_ih.shape[1], w_ih.shape[0] // 4, head.shape[0])
+    directions = 2 if bidirectional else 1
+    stored_layers = sum(name.startswith("lstm.weight_ih_l") for name in params) // directions
+    if described != held or min(held) < 1 or layers != stored_layers or layers < 1:
+        raise checkpoint.CheckpointError(
+            f"{path}: model description {shape} does not match its arrays "
+            f"(lstm.weight_ih_l0 {w_ih.shape}, head.weight {head.shape}, "
+            f"{stored_layers} layer(s) of {directions} direction(s))"
+        )
+    return {
+        "input_size": held[0],
+        "hidden_size": held[1],
+        "num_classes": held[2],
+        "num_layers": layers,
+        "bidirectional": bidirectional,
+        "dropout": dropout,
+    }
+
+
+def network_from(path: str, stored: dict[str, Array], meta: dict[str, Any]) -> SequenceClassifier:
+    """The network a checkpoint's parameters and metadata describe (validated before use)."""
+    # lstmcore 0.1 wrote one bias under other names: the same model under today's names
+    params = upgrade_v01_params(stored)
+    described = network_description(path, params, meta)
+    model = SequenceClassifier(
+        described["input_size"],
+        described["hidden_size"],
+        described["num_classes"],
+        num_layers=described["num_layers"],
+        bidirectional=described["bidirectional"],
+        dropout=described["dropout"],
+    )
+    checkpoint.assign_params(path, params, model.params)
+    return model
+
+
+def load_network(path: str | os.PathLike[str]) -> SequenceClassifier:
+    """The network stored in a checkpoint, without its task (see :func:`load`)."""
+    stored, _, meta, _ = checkpoint.load(path)
+    return network_from(str(path), stored, meta)
+
+
 def load(path: str | os.PathLike[str]) -> Classifier:
     """The trained classifier in a checkpoint (``best.npz`` or ``last.npz`` of a run).
 
     Raises :class:`lstmcore.checkpoint.CheckpointError` (a ValueError) with one line naming the
     file when it is missing, not a checkpoint, or does not describe a consistent model.
     """
-    # evaluate.load_model validates the metadata's sizes against the stored arrays
-    from lstmcore.evaluate import load_model
-
-    network = load_model(str(path))
-    _, _, meta, other = checkpoint.load(path)
+    stored, _, meta, other = checkpoint.load(path)
+    network = network_from(str(path), stored, meta)
     task, shape = task_from(path, meta, other, int(network.config["input_size"]))
     return Classifier(network, task, shape, str(path))
