@@ -271,6 +271,18 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &lstmcore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &lstmcore::get_num_threads);
   m.def("blas_core_name", &lstmcore::blas_core_name);
+  m.def("isa", &lstmcore::isa, "the recurrent kernels' ISA path: avx512, avx2 or generic");
+  m.def(
+      "set_isa", [](const std::string& name) { lstmcore::set_isa(name.c_str()); },
+      py::arg("name"), "switch the ISA path (ValueError if unknown or unsupported here)");
+  m.def(
+      "isa_supported",
+      [](const std::string& name) {
+        const char* why = nullptr;
+        const bool ok = lstmcore::isa_supported(name.c_str(), &why);
+        return py::make_tuple(ok, ok ? std::string() : std::string(why));
+      },
+      py::arg("name"), "(True, '') if this CPU runs the path, else (False, why not)");
   m.def(
       "time_sgemm",
       [](int n, int repeats) {

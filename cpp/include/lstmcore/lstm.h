@@ -11,6 +11,17 @@
 //   h0, c0 (B, H)       initial state; null means zeros
 //   y      (T, B, H)    hidden state of every step
 //
+// Direction: forward runs t = 0 .. T-1; `reverse` runs t = T-1 .. 0 over the same x (no copy).
+// y[t] is always the state after consuming x[t].
+//
+// Variable lengths: `batch_sizes` (T,) or null (all B rows every step) gives the number of rows
+// active at each time step; it must be non-increasing in t and in [0, B], i.e. the rows are
+// sorted by length, longest first, and row b is active at t iff b < batch_sizes[t] (t < its
+// length). Only active rows enter the GEMMs and the cell math. A row's state is carried
+// unchanged through its inactive steps: forward, it keeps its state after its last step (h_n);
+// reverse, it starts at its own last step from h0. y is zero where a row is inactive; dy there
+// is never read, and dh_n / dc_n enter at each row's own final state.
+//
 // Pointers never alias one another unless a comment says so. Every function throws
 // std::invalid_argument for bad sizes and never writes through a const pointer.
 #pragma once
@@ -27,13 +38,20 @@ struct Dims {
 // in the 32-bit integers BLAS takes (checked before anything is allocated).
 void check_dims(const Dims& d);
 
-// What forward keeps for backward; the caller owns the memory.
+// Which slot of h_all / c_all holds what: forward keeps the initial state in slot 0 and the
+// state after x[t] in slot t+1; reverse keeps the state after x[t] in slot t and the initial
+// state in slot T. So the final state is slot T (forward) or 0 (reverse).
+inline std::int64_t initial_slot(const Dims& d, bool reverse) { return reverse ? d.T : 0; }
+inline std::int64_t final_slot(const Dims& d, bool reverse) { return reverse ? 0 : d.T; }
+
+// What forward keeps for backward; the caller owns the memory. Entries of inactive rows (see
+// batch_sizes above) are never written in gates and tanh_c; h_all and c_all carry the state.
 template <typename S>
 struct LstmCache {
   S* gates;   // (T, B, 4H) post-activation i, f, g, o
-  S* h_all;   // (T+1, B, H) h0, then h_1..h_T: h_all[1:] is y
-  S* c_all;   // (T+1, B, H) c0, then c_1..c_T
-  S* tanh_c;  // (T, B, H) tanh(c_t): backward never recomputes it
+  S* h_all;   // (T+1, B, H) states, slots as above
+  S* c_all;   // (T+1, B, H) cell states, slots as above
+  S* tanh_c;  // (T, B, H) tanh(c_t): backward never recomputes it; null: inference (see below)
 };
 
 template <typename S>
@@ -44,8 +62,13 @@ struct LstmConstCache {
   const S* tanh_c;  // (T, B, H)
 };
 
-// Runs the LSTM over all T steps and fills `cache`; y is cache.h_all + B*H,
-// h_n is cache.h_all + T*B*H and c_n is cache.c_all + T*B*H.
+// Throws std::invalid_argument unless batch_sizes (T,) is non-increasing and within [0, B].
+void check_batch_sizes(const std::int64_t* batch_sizes, const Dims& d);
+
+// Runs the LSTM over all T steps and fills `cache`. Inference: with cache.tanh_c null, gates is
+// only the workspace of the input projection (it ends holding pre-activation sums, not the
+// post-activation gates) and nothing is kept for backward, which then must not be called; h_n and c_n are in final_slot() of
+// cache.h_all and cache.c_all; lstm_collect_y() gathers y.
 template <typename S>
 void lstm_forward(const LstmCache<S>& cache,
                   const S* x,     // (T, B, I)
@@ -54,7 +77,13 @@ void lstm_forward(const LstmCache<S>& cache,
                   const S* w_ih,  // (4H, I)
                   const S* w_hh,  // (4H, H)
                   const S* bias,  // (4H,)
-                  const Dims& d);
+                  const Dims& d, bool reverse = false,
+                  const std::int64_t* batch_sizes = nullptr);  // (T,) or null
+
+// y (T, B, H) from the states of a forward pass: zero where a row is inactive.
+template <typename S>
+void lstm_collect_y(S* y, const S* h_all, const Dims& d, bool reverse,
+                    const std::int64_t* batch_sizes);
 
 template <typename S>
 struct LstmGrads {
@@ -78,7 +107,8 @@ void lstm_backward(const LstmGrads<S>& grads,
                    const S* dy,    // (T, B, H) or null
                    const S* dh_n,  // (B, H) or null
                    const S* dc_n,  // (B, H) or null
-                   const Dims& d);
+                   const Dims& d, bool reverse = false,
+                   const std::int64_t* batch_sizes = nullptr);  // as in the forward pass
 
 // C (M, N) = op(A) op(B), row-major, in the calling thread (A is (M, K) or, transposed, (K, M)
 // with leading dimension lda; likewise B). For the small GEMMs around the LSTM.
@@ -95,6 +125,16 @@ int get_num_threads();
 
 // Name of the BLAS kernel set chosen at run time (e.g. "SkylakeX", "Haswell").
 const char* blas_core_name();
+
+// The recurrent kernels' instruction set: "avx512", "avx2" or "generic", chosen once from cpuid
+// (the widest this CPU runs) unless the environment variable LSTMCORE_ISA names one. isa()
+// throws std::invalid_argument when LSTMCORE_ISA names an unknown path or one this CPU lacks.
+const char* isa();
+// Switches the path for later calls (tests run every supported path); throws
+// std::invalid_argument for an unknown name or a path this CPU cannot run.
+void set_isa(const char* name);
+// Whether this CPU runs the named path; if not and reason is not null, *reason says why.
+bool isa_supported(const char* name, const char** reason);
 
 }  // namespace lstmcore
 

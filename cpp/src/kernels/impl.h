@@ -1,0 +1,360 @@
+// impl.h: the recurrent kernels, written once with GCC/Clang vector extensions and compiled
+// once per ISA. The including file defines, before including this (and nothing of this header's
+// own inline code is shared between ISAs, see kernels.h):
+//   LSTMCORE_KERNEL_NS   the namespace (avx512, avx2, generic)
+//   LSTMCORE_VBYTES      vector width in bytes (64, 32, 16)
+//   LSTMCORE_FWD_ROWS    batch rows per forward register tile (4 gates x rows vectors)
+//   LSTMCORE_BWD_ROWS    batch rows per backward register tile
+//   LSTMCORE_BWD_VECS    vectors per row in a backward tile (panel width P = vecs * lanes)
+//
+// Every output element is computed by the same sequence of operations whichever thread or tile
+// computes it (the K loop always runs in order 0..K-1 on one accumulator lane), so the result
+// does not depend on how the work is split.
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.h"
+
+// the scalar cell math (float64 forward) compiled into this ISA's own namespace
+#define LSTMCORE_CELL_NS lstmcore::kern::LSTMCORE_KERNEL_NS::cellmath
+#include "lstmcore/cell.h"
+
+#define LSTMCORE_AI inline __attribute__((always_inline))
+
+namespace lstmcore::kern::LSTMCORE_KERNEL_NS {
+namespace {
+
+constexpr int VB = LSTMCORE_VBYTES;
+typedef float vf __attribute__((vector_size(VB)));
+typedef std::int32_t vi __attribute__((vector_size(VB)));
+typedef double vd __attribute__((vector_size(VB)));
+
+template <typename S>
+struct VT;
+template <>
+struct VT<float> {
+  using V = vf;
+  using I = vi;
+  static constexpr int N = VB / 4;
+};
+template <>
+struct VT<double> {
+  using V = vd;
+  static constexpr int N = VB / 8;
+};
+
+template <typename V, typename S>
+LSTMCORE_AI V loadu(const S* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename V, typename S>
+LSTMCORE_AI void storeu(S* p, V v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+// the first n lanes (n < lanes at the right edge of H), the rest 0
+template <typename V, typename S>
+LSTMCORE_AI V load_n(const S* p, i64 n) {
+  S tmp[sizeof(V) / sizeof(S)] = {};
+  for (i64 k = 0; k < n; ++k) tmp[k] = p[k];
+  return loadu<V>(tmp);
+}
+template <typename V, typename S>
+LSTMCORE_AI void store_n(S* p, V v, i64 n) {
+  S tmp[sizeof(V) / sizeof(S)];
+  storeu(tmp, v);
+  for (i64 k = 0; k < n; ++k) p[k] = tmp[k];
+}
+template <typename V, typename S>
+LSTMCORE_AI V load_m(const S* p, i64 n, bool full) {
+  return full ? loadu<V>(p) : load_n<V>(p, n);
+}
+template <typename V, typename S>
+LSTMCORE_AI void store_m(S* p, V v, i64 n, bool full) {
+  if (full) {
+    storeu(p, v);
+  } else {
+    store_n(p, v, n);
+  }
+}
+LSTMCORE_AI i64 imin(i64 a, i64 b) { return a < b ? a : b; }
+
+// ---- float activations: the algorithms of cell.h's exp_act/tanh_act<float>, on vectors ----
+LSTMCORE_AI vf vexp(vf x) {
+  x = x < -87.0f ? vf{} - 87.0f : x;
+  x = x > 88.0f ? vf{} + 88.0f : x;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  const vf n = (x * 1.44269504088896341f + shifter) - shifter;
+  const vf r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
+  vf p = vf{} + 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vf n_defined = n == n ? n : vf{};  // NaN in: keep the int conversion defined
+  const vi bits = (__builtin_convertvector(n_defined, vi) + 127) << 23;
+  return p * __builtin_bit_cast(vf, bits);
+}
+LSTMCORE_AI vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
+LSTMCORE_AI vf vtanh(vf x) {
+  const vi xb = __builtin_bit_cast(vi, x);
+  const vi sign = xb & static_cast<std::int32_t>(0x80000000u);
+  const vi axb = xb & 0x7fffffff;
+  const vf ax = __builtin_bit_cast(vf, axb);
+  const vf e = vexp(-2.0f * ax);
+  const vf big = (1.0f - e) / (1.0f + e);
+  const vf x2 = x * x;
+  vf p = vf{} + -1382.0f / 155925.0f;
+  p = p * x2 + 62.0f / 2835.0f;
+  p = p * x2 + -17.0f / 315.0f;
+  p = p * x2 + 2.0f / 15.0f;
+  p = p * x2 + -1.0f / 3.0f;
+  const vf small = ax + ax * x2 * p;
+  const vf mag = ax < 0.3125f ? small : big;
+  return __builtin_bit_cast(vf, __builtin_bit_cast(vi, mag) | sign);
+}
+
+// ---- packing ----
+template <typename S>
+i64 fwd_packed_size(i64 H) {
+  constexpr int U = VT<S>::N;
+  return (H + U - 1) / U * H * 4 * U;
+}
+template <typename S>
+i64 bwd_packed_size(i64 H) {
+  constexpr int P = VT<S>::N * LSTMCORE_BWD_VECS;
+  return (H + P - 1) / P * 4 * H * P;
+}
+template <typename S>
+void pack_fwd(S* packed, const S* w_hh, i64 H) {
+  constexpr int U = VT<S>::N;
+  const i64 nblk = (H + U - 1) / U;
+  for (i64 b = 0; b < nblk; ++b) {
+    S* dst = packed + b * H * 4 * U;
+    for (i64 k = 0; k < H; ++k) {
+      for (int g = 0; g < 4; ++g) {
+        for (int u = 0; u < U; ++u) {
+          const i64 j = b * U + u;  // hidden unit
+          dst[(k * 4 + g) * U + u] = j < H ? w_hh[(g * H + j) * H + k] : S(0);
+        }
+      }
+    }
+  }
+}
+template <typename S>
+void pack_bwd(S* packed, const S* w_hh, i64 H) {
+  constexpr int P = VT<S>::N * LSTMCORE_BWD_VECS;
+  const i64 npan = (H + P - 1) / P, G = 4 * H;
+  for (i64 p = 0; p < npan; ++p) {
+    S* dst = packed + p * G * P;
+    for (i64 kk = 0; kk < G; ++kk) {
+      for (int u = 0; u < P; ++u) {
+        const i64 j = p * P + u;
+        dst[kk * P + u] = j < H ? w_hh[kk * H + j] : S(0);
+      }
+    }
+  }
+}
+
+// ---- forward ----
+// RR rows of one unit block: acc[r][g] = pre + h_prev W_hh^T, then the cell on the tile
+template <typename S, int RR>
+LSTMCORE_AI void fwd_tile(const FwdStep<S>& a, i64 r, i64 blk) {
+  using V = typename VT<S>::V;
+  constexpr int U = VT<S>::N;
+  const i64 H = a.H, G = 4 * H, j0 = blk * U;
+  const i64 nu = imin(U, H - j0);
+  const bool full = nu == U;
+  const S* P = a.packed + blk * H * 4 * U;
+  V acc[RR][4];
+#pragma GCC unroll 8
+  for (int rr = 0; rr < RR; ++rr) {
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) acc[rr][g] = load_m<V>(a.pre + (r + rr) * G + g * H + j0, nu, full);
+  }
+  const S* hp = a.h_prev + r * H;
+  for (i64 k = 0; k < H; ++k) {
+    const S* w = P + k * 4 * U;
+    const V w0 = loadu<V>(w), w1 = loadu<V>(w + U), w2 = loadu<V>(w + 2 * U),
+            w3 = loadu<V>(w + 3 * U);
+#pragma GCC unroll 8
+    for (int rr = 0; rr < RR; ++rr) {
+      const S h = hp[rr * H + k];
+      acc[rr][0] += h * w0;
+      acc[rr][1] += h * w1;
+      acc[rr][2] += h * w2;
+      acc[rr][3] += h * w3;
+    }
+  }
+#pragma GCC unroll 8
+  for (int rr = 0; rr < RR; ++rr) {
+    const i64 row = r + rr, o = row * H + j0;
+    if constexpr (sizeof(S) == 4) {
+      const V i = vsigmoid(acc[rr][0]), f = vsigmoid(acc[rr][1]), g = vtanh(acc[rr][2]),
+              og = vsigmoid(acc[rr][3]);
+      const V c = f * load_m<V>(a.c_prev + o, nu, full) + i * g;
+      const V tc = vtanh(c);
+      store_m(a.c_next + o, c, nu, full);
+      store_m(a.h_next + o, og * tc, nu, full);
+      if (a.tanh_c != nullptr) {
+        S* gp = a.pre + row * G + j0;
+        store_m(gp, i, nu, full);
+        store_m(gp + H, f, nu, full);
+        store_m(gp + 2 * H, g, nu, full);
+        store_m(gp + 3 * H, og, nu, full);
+        store_m(a.tanh_c + o, tc, nu, full);
+      }
+    } else {
+      // float64: the scalar cell of cell.h (libm exp and tanh: the tests ask for 1e-10)
+      S t[4][U];
+      for (int g = 0; g < 4; ++g) storeu(t[g], acc[rr][g]);
+      for (i64 u = 0; u < nu; ++u) {
+        const auto s = cellmath::cell_forward(t[0][u], t[1][u], t[2][u], t[3][u], a.c_prev[o + u]);
+        a.c_next[o + u] = s.c;
+        a.h_next[o + u] = s.h;
+        if (a.tanh_c != nullptr) {
+          S* gp = a.pre + row * G + j0 + u;
+          gp[0] = s.i;
+          gp[H] = s.f;
+          gp[2 * H] = s.g;
+          gp[3 * H] = s.o;
+          a.tanh_c[o + u] = s.tanh_c;
+        }
+      }
+    }
+  }
+}
+
+template <typename S>
+void fwd_step(const FwdStep<S>& a, i64 r0, i64 r1, i64 k0, i64 k1) {
+  constexpr int R = LSTMCORE_FWD_ROWS;
+  // unit block outer: its panel (H x 4U) stays in L1 while the rows stream past
+  for (i64 blk = k0; blk < k1; ++blk) {
+    i64 r = r0;
+    for (; r + R <= r1; r += R) fwd_tile<S, R>(a, r, blk);
+    switch (r1 - r) {
+      case 0: break;
+#if LSTMCORE_FWD_ROWS > 4
+      case 5: fwd_tile<S, 5>(a, r, blk); break;
+      case 4: fwd_tile<S, 4>(a, r, blk); break;
+#endif
+#if LSTMCORE_FWD_ROWS > 3
+      case 3: fwd_tile<S, 3>(a, r, blk); break;
+#endif
+#if LSTMCORE_FWD_ROWS > 2
+      case 2: fwd_tile<S, 2>(a, r, blk); break;
+#endif
+      default: fwd_tile<S, 1>(a, r, blk); break;
+    }
+  }
+}
+
+// ---- backward ----
+template <typename S, int RR, bool GEMM>
+LSTMCORE_AI void bwd_tile(const BwdStep<S>& a, i64 r, i64 pan) {
+  using V = typename VT<S>::V;
+  constexpr int U = VT<S>::N;
+  constexpr int NV = LSTMCORE_BWD_VECS;
+  constexpr int P = U * NV;
+  const i64 H = a.H, G = 4 * H;
+  V acc[RR][NV];
+#pragma GCC unroll 8
+  for (int rr = 0; rr < RR; ++rr) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[rr][v] = V{};
+  }
+  if constexpr (GEMM) {
+    const S* W = a.packed + pan * G * P;
+    const S* dg = a.dg_prev + r * G;
+    for (i64 kk = 0; kk < G; ++kk) {
+      V w[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) w[v] = loadu<V>(W + kk * P + v * U);
+#pragma GCC unroll 8
+      for (int rr = 0; rr < RR; ++rr) {
+        const S d = dg[rr * G + kk];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[rr][v] += d * w[v];
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int rr = 0; rr < RR; ++rr) {
+    const i64 row = r + rr;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const i64 j = pan * P + v * U;
+      if (j >= H) break;
+      const i64 nu = imin(U, H - j);
+      const bool full = nu == U;
+      const i64 o = row * H + j;
+      V dh = acc[rr][v];
+      if (!GEMM && a.dh_in != nullptr) dh += load_m<V>(a.dh_in + o, nu, full);
+      if (a.dy != nullptr) dh += load_m<V>(a.dy + o, nu, full);
+      if (a.gates == nullptr) {
+        store_m(a.dh_out + o, dh, nu, full);
+        continue;
+      }
+      const S* gp = a.gates + row * G + j;
+      const V i = load_m<V>(gp, nu, full), f = load_m<V>(gp + H, nu, full),
+              g = load_m<V>(gp + 2 * H, nu, full), og = load_m<V>(gp + 3 * H, nu, full);
+      const V tc = load_m<V>(a.tanh_c + o, nu, full);
+      const V cp = load_m<V>(a.c_prev + o, nu, full);
+      // cell.h's cell_backward, on vectors
+      const V dc = load_m<V>(a.dc + o, nu, full) + dh * og * (S(1) - tc * tc);
+      S* dgp = a.dgates + row * G + j;
+      store_m(dgp, dc * g * i * (S(1) - i), nu, full);
+      store_m(dgp + H, dc * cp * f * (S(1) - f), nu, full);
+      store_m(dgp + 2 * H, dc * i * (S(1) - g * g), nu, full);
+      store_m(dgp + 3 * H, dh * tc * og * (S(1) - og), nu, full);
+      store_m(a.dc + o, dc * f, nu, full);
+    }
+  }
+}
+
+template <typename S, bool GEMM>
+void bwd_rows(const BwdStep<S>& a, i64 r0, i64 r1, i64 p0, i64 p1) {
+  constexpr int R = LSTMCORE_BWD_ROWS;
+  for (i64 pan = p0; pan < p1; ++pan) {
+    i64 r = r0;
+    for (; r + R <= r1; r += R) bwd_tile<S, R, GEMM>(a, r, pan);
+    switch (r1 - r) {
+      case 0: break;
+#if LSTMCORE_BWD_ROWS > 3
+      case 3: bwd_tile<S, 3, GEMM>(a, r, pan); break;
+#endif
+#if LSTMCORE_BWD_ROWS > 2
+      case 2: bwd_tile<S, 2, GEMM>(a, r, pan); break;
+#endif
+      default: bwd_tile<S, 1, GEMM>(a, r, pan); break;
+    }
+  }
+}
+
+template <typename S>
+void bwd_step(const BwdStep<S>& a, i64 r0, i64 r1, i64 p0, i64 p1) {
+  const i64 split = a.dg_prev == nullptr ? r0 : (a.n_gemm < r0 ? r0 : imin(a.n_gemm, r1));
+  if (split > r0) bwd_rows<S, true>(a, r0, split, p0, p1);
+  if (r1 > split) bwd_rows<S, false>(a, split, r1, p0, p1);
+}
+
+template <typename S>
+constexpr Ops<S> ops() {
+  return Ops<S>{VT<S>::N,           VT<S>::N * LSTMCORE_BWD_VECS,
+                &fwd_packed_size<S>, &bwd_packed_size<S>,
+                &pack_fwd<S>,       &pack_bwd<S>,
+                &fwd_step<S>,       &bwd_step<S>};
+}
+
+}  // namespace
+
+const Table& table() {
+  static const Table t{LSTMCORE_ISA_NAME, ops<float>(), ops<double>()};
+  return t;
+}
+
+}  // namespace lstmcore::kern::LSTMCORE_KERNEL_NS
