@@ -152,26 +152,6 @@ void tile_range(i64 n, i64 tile, int parts, int k, i64* begin, i64* end) {
   *end = std::min(n, tiles * (k + 1) / parts * tile);
 }
 
-// gates (TB, G) = bias + x (TB, I) w_ih^T for every active row
-template <typename S>
-void input_projection(S* gates, const S* x, const S* w_ih, const S* bias, const Dims& d,
-                      const i64* batch_sizes) {
-  const i64 G = 4 * d.H;
-  auto project = [&](i64 r0, i64 r1) {
-    for (i64 r = r0; r < r1; ++r) std::copy(bias, bias + G, gates + r * G);
-    blas::gemm<S>(false, true, r1 - r0, G, d.I, S(1), x + r0 * d.I, d.I, w_ih, d.I, S(1),
-                  gates + r0 * G, G);
-  };
-  if (batch_sizes == nullptr) {
-    // one big GEMM (split by rows) runs far closer to peak than T thin ones with K = I
-    parallel_blocks(d.T * d.B, kMinRows, project);
-    return;
-  }
-  parallel_blocks(d.T, 1, [&](i64 t0, i64 t1) {
-    for (i64 t = t0; t < t1; ++t) project(t * d.B, t * d.B + batch_sizes[t]);
-  });
-}
-
 }  // namespace
 
 void check_dims(const Dims& d) {
@@ -209,18 +189,19 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
   check_batch_sizes(batch_sizes, d);
   const i64 B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
   const kern::Ops<S>& K = ops_of<S>(kern::active());
-  input_projection(cache.gates, x, w_ih, bias, d, batch_sizes);
 
   const i64 first = initial_slot(d, reverse) * BH;
   copy_or_zero(cache.h_all + first, h0, BH);
   copy_or_zero(cache.c_all + first, c0, BH);
   if (d.T == 0 || BH == 0) return;
 
-  // W_hh (4H, H) packed per call: a few microseconds, and it can never go stale
-  Packed<S> packed(K.fwd_packed_size(H));
-  K.pack_fwd(packed.get(), w_hh, H);
+  // [W_ih | W_hh] packed per call (tens of microseconds; it can never go stale): the kernel
+  // computes b + x_t W_ih^T + h_{t-1} W_hh^T in one register tile, so there is no separate
+  // input-projection GEMM and no (T, B, 4H) pre-activation buffer to write and read back
+  Packed<S> packed(K.fwd_packed_size(d.I, H));
+  K.pack_fwd(packed.get(), w_ih, w_hh, d.I, H);
   const i64 nblk = (H + K.fwd_units - 1) / K.fwd_units;
-  const Plan plan = plan_for(B, 4, nblk, 8.0 * static_cast<double>(B * H * H));
+  const Plan plan = plan_for(B, 4, nblk, 8.0 * static_cast<double>(B * H * (H + d.I)));
 
   // step s over rows [r0, r1) and unit blocks [k0, k1); rows past the step's active count
   // carry their state (only the owner of unit block 0 copies them in the units split)
@@ -229,13 +210,17 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
     const i64 n = std::min(r1, active_rows(batch_sizes, d, t));
     const i64 prev = prev_slot(t, reverse) * BH, next = next_slot(t, reverse) * BH;
     if (n > r0) {
+      const bool train = cache.tanh_c != nullptr;
       const kern::FwdStep<S> a{packed.get(),
+                               x + t * B * d.I,
                                cache.h_all + prev,
                                cache.c_all + prev,
-                               cache.gates + t * B * G,
+                               bias,
+                               train ? cache.gates + t * B * G : nullptr,
                                cache.c_all + next,
                                cache.h_all + next,
-                               cache.tanh_c != nullptr ? cache.tanh_c + t * BH : nullptr,
+                               train ? cache.tanh_c + t * BH : nullptr,
+                               d.I,
                                H};
       K.fwd_step(a, r0, n, k0, k1);
     }

@@ -65,9 +65,8 @@ struct LstmConstCache {
 // Throws std::invalid_argument unless batch_sizes (T,) is non-increasing and within [0, B].
 void check_batch_sizes(const std::int64_t* batch_sizes, const Dims& d);
 
-// Runs the LSTM over all T steps and fills `cache`. Inference: with cache.tanh_c null, gates is
-// only the workspace of the input projection (it ends holding pre-activation sums, not the
-// post-activation gates) and nothing is kept for backward, which then must not be called; h_n and c_n are in final_slot() of
+// Runs the LSTM over all T steps and fills `cache`. Inference: with cache.tanh_c null, only
+// h_all and c_all are written (gates may be null too) and backward must not be called; h_n and c_n are in final_slot() of
 // cache.h_all and cache.c_all; lstm_collect_y() gathers y.
 template <typename S>
 void lstm_forward(const LstmCache<S>& cache,

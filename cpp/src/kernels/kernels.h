@@ -5,9 +5,10 @@
 // merged by the linker into another's code. This header holds only plain declarations.
 //
 // Packed W_hh layouts (U = units per vector of the element type on that ISA):
-//   forward  (nF, H, 4, U)   nF = ceil(H/U) unit blocks; for every k the i, f, g, o weights
-//                            of the block's U units side by side: one register tile holds the
-//                            four gates of the same units and rows, so the cell math runs on it
+//   forward  (nF, I+H, 4, U) nF = ceil(H/U) unit blocks; for every k the i, f, g, o weights
+//                            of the block's U units side by side, W_ih's I rows of k first,
+//                            then W_hh's H: one register tile holds the four gates of the same
+//                            units and rows, so the cell math runs on it
 //   backward (nB, 4H, P)     nB = ceil(H/P) column panels of P = NV*U units; row kk of panel p
 //                            holds W_hh[kk, p*P .. p*P+P): dh = dgates W_hh, P outputs per row
 // Units past H are zero in both.
@@ -23,14 +24,15 @@ using i64 = std::int64_t;
 template <typename S>
 struct FwdStep {
   const S* packed;  // forward layout above
+  const S* x;       // (rows, I): x of this step
   const S* h_prev;  // (rows, H): h of the previous step
   const S* c_prev;  // (rows, H)
-  S* pre;           // (rows, 4H): x W_ih^T + b of this step in; with tanh_c, the post-activation
-                    // gates out (training); without, left as it was (inference)
+  const S* bias;    // (4H,)
+  S* gates;         // (rows, 4H) post-activation i, f, g, o out, or null (inference)
   S* c_next;        // (rows, H)
   S* h_next;        // (rows, H)
-  S* tanh_c;        // (rows, H) or null: inference, nothing kept for backward
-  i64 H;
+  S* tanh_c;        // (rows, H) or null (inference)
+  i64 I, H;
 };
 
 // one backward step over rows [r0, r1) and backward column panels [p0, p1):
@@ -58,9 +60,9 @@ struct Ops {
   int fwd_units;    // U: forward block width
   int bwd_units;    // P: backward panel width
   // sizes in elements of the packed buffers
-  i64 (*fwd_packed_size)(i64 H);
+  i64 (*fwd_packed_size)(i64 I, i64 H);
   i64 (*bwd_packed_size)(i64 H);
-  void (*pack_fwd)(S* packed, const S* w_hh, i64 H);  // w_hh (4H, H)
+  void (*pack_fwd)(S* packed, const S* w_ih, const S* w_hh, i64 I, i64 H);  // (4H, I), (4H, H)
   void (*pack_bwd)(S* packed, const S* w_hh, i64 H);
   void (*fwd_step)(const FwdStep<S>& a, i64 r0, i64 r1, i64 k0, i64 k1);
   void (*bwd_step)(const BwdStep<S>& a, i64 r0, i64 r1, i64 p0, i64 p1);
