@@ -36,23 +36,14 @@ py::array empty(const Shape& shape, const py::dtype& dt) { return py::array(dt, 
 struct ForwardContext {
   Dims dims;
   py::dtype dtype;
+  bool reverse = false;
+  std::vector<std::int64_t> batch_sizes;  // (T,), or empty: every row runs every step
   py::array x, w_ih, w_hh;
   py::array gates, h_all, c_all, tanh_c;
   py::object dgates;  // backward's (T, B, 4H) scratch, made on first use (null until then)
 };
 
 std::int64_t dim(const py::array& a, int k) { return static_cast<std::int64_t>(a.shape(k)); }
-
-py::dtype float_dtype_of(const py::handle& x) {
-  if (!py::isinstance<py::array>(x)) fail("x", "a numpy array of float32 or float64", x);
-  auto a = py::reinterpret_borrow<py::array>(x);
-  py::dtype dt = a.dtype();
-  if (!dt.equal(py::dtype::of<float>()) && !dt.equal(py::dtype::of<double>())) {
-    throw std::invalid_argument("x: expected dtype float32 or float64, got " + dtype_str(dt));
-  }
-  if (a.ndim() != 3) fail("x", "3 dimensions (T, B, I)", x);
-  return dt;
-}
 
 bool same_shape(const ForwardContext& c, const Dims& d, const py::dtype& dt) {
   return c.dims.T == d.T && c.dims.B == d.B && c.dims.I == d.I && c.dims.H == d.H &&
@@ -76,36 +67,33 @@ py::object context_for(const py::object& reuse, const Dims& d, const py::dtype& 
   return py::cast(std::move(fresh));
 }
 
-template <typename S>
-py::tuple forward_impl(const py::array& x, const py::object& h0_obj, const py::object& c0_obj,
-                       const py::object& w_ih_obj, const py::object& w_hh_obj,
-                       const py::object& bias_obj, const py::dtype& dt, const py::object& reuse,
-                       bool need_y) {
-  if (!py::isinstance<py::array>(w_hh_obj) ||
-      py::reinterpret_borrow<py::array>(w_hh_obj).ndim() != 2) {
-    fail("w_hh", "a 2-d array (4H, H)", w_hh_obj);
-  }
-  Dims d;
-  d.T = dim(x, 0);
-  d.B = dim(x, 1);
-  d.I = dim(x, 2);
-  d.H = dim(py::reinterpret_borrow<py::array>(w_hh_obj), 1);
-  lstmcore::check_dims(d);
-  const std::int64_t G = 4 * d.H;
+// batch_sizes: None, or (T,) int64, non-increasing, within [0, B] (see lstm.h)
+std::vector<std::int64_t> batch_sizes_arg(const py::object& obj, const Dims& d) {
+  if (obj.is_none()) return {};
+  py::array a = require(obj, "batch_sizes", {d.T}, py::dtype::of<std::int64_t>());
+  const auto* p = static_cast<const std::int64_t*>(a.data());
+  std::vector<std::int64_t> sizes(p, p + d.T);
+  lstmcore::check_batch_sizes(sizes.data(), d);
+  return sizes;
+}
 
+template <typename S>
+py::tuple forward_impl(const py::object& x, const py::object& h0, const py::object& c0,
+                       const py::object& w_ih, const py::object& w_hh, const py::object& bias,
+                       const py::dtype& dt, const py::object& reuse, bool need_y, bool reverse,
+                       const py::object& batch_sizes_obj) {
   // every argument is checked before a reused context is touched
-  py::array x_ok = require(x, "x", {d.T, d.B, d.I}, dt);
-  py::array w_ih_ok = require(w_ih_obj, "w_ih", {G, d.I}, dt);
-  py::array w_hh_ok = require(w_hh_obj, "w_hh", {G, d.H}, dt);
-  const S* bias = static_cast<const S*>(require(bias_obj, "bias", {G}, dt).data());
-  const S* h0 = data_or_null<S>(h0_obj, "h0", {d.B, d.H}, dt);
-  const S* c0 = data_or_null<S>(c0_obj, "c0", {d.B, d.H}, dt);
+  const auto args = forward_args<S>(x, h0, c0, w_ih, w_hh, bias, dt);
+  const Dims& d = args.d;
+  std::vector<std::int64_t> batch_sizes = batch_sizes_arg(batch_sizes_obj, d);
 
   py::object ctx_obj = context_for(reuse, d, dt);
   auto& ctx = ctx_obj.cast<ForwardContext&>();
-  ctx.x = x_ok;
-  ctx.w_ih = w_ih_ok;
-  ctx.w_hh = w_hh_ok;
+  ctx.x = args.x;
+  ctx.w_ih = args.w_ih;
+  ctx.w_hh = args.w_hh;
+  ctx.reverse = reverse;
+  ctx.batch_sizes = std::move(batch_sizes);
   py::array y;  // a placeholder (never written) when y is not wanted
   if (need_y) y = empty({d.T, d.B, d.H}, dt);
   py::array h_n = empty({d.B, d.H}, dt);
@@ -113,21 +101,24 @@ py::tuple forward_impl(const py::array& x, const py::object& h0_obj, const py::o
 
   const lstmcore::LstmCache<S> cache{mut<S>(ctx.gates), mut<S>(ctx.h_all), mut<S>(ctx.c_all),
                                      mut<S>(ctx.tanh_c)};
-  const S* xp = static_cast<const S*>(x_ok.data());
-  const S* w_ih = static_cast<const S*>(w_ih_ok.data());
-  const S* w_hh = static_cast<const S*>(w_hh_ok.data());
+  const S* xp = static_cast<const S*>(args.x.data());
+  const S* w_ihp = static_cast<const S*>(args.w_ih.data());
+  const S* w_hhp = static_cast<const S*>(args.w_hh.data());
+  const S* biasp = static_cast<const S*>(args.bias.data());
+  const std::int64_t* sizes = ctx.batch_sizes.empty() ? nullptr : ctx.batch_sizes.data();
   S* yp = need_y ? mut<S>(y) : nullptr;
   S* hnp = mut<S>(h_n);
   S* cnp = mut<S>(c_n);
   {
     py::gil_scoped_release nogil;
-    lstmcore::lstm_forward<S>(cache, xp, h0, c0, w_ih, w_hh, bias, d);
+    lstmcore::lstm_forward<S>(cache, xp, args.h0, args.c0, w_ihp, w_hhp, biasp, d, reverse,
+                              sizes);
     const std::size_t bh = static_cast<std::size_t>(d.B * d.H);
-    const std::size_t steps = static_cast<std::size_t>(d.T);
     if (bh > 0) {
-      if (yp != nullptr && steps > 0) std::memcpy(yp, cache.h_all + bh, sizeof(S) * bh * steps);
-      std::memcpy(hnp, cache.h_all + bh * steps, sizeof(S) * bh);
-      std::memcpy(cnp, cache.c_all + bh * steps, sizeof(S) * bh);
+      if (yp != nullptr) lstmcore::lstm_collect_y<S>(yp, cache.h_all, d, reverse, sizes);
+      const std::size_t last = bh * static_cast<std::size_t>(lstmcore::final_slot(d, reverse));
+      std::memcpy(hnp, cache.h_all + last, sizeof(S) * bh);
+      std::memcpy(cnp, cache.c_all + last, sizeof(S) * bh);
     }
   }
   py::object y_out = need_y ? py::object(y) : py::object(py::none());
@@ -136,13 +127,15 @@ py::tuple forward_impl(const py::array& x, const py::object& h0_obj, const py::o
 
 py::tuple forward(const py::object& x, const py::object& h0, const py::object& c0,
                   const py::object& w_ih, const py::object& w_hh, const py::object& bias,
-                  const py::object& reuse, bool need_y) {
-  py::dtype dt = float_dtype_of(x);
-  auto xa = py::reinterpret_borrow<py::array>(x);
-  if (dt.equal(py::dtype::of<float>())) {
-    return forward_impl<float>(xa, h0, c0, w_ih, w_hh, bias, dt, reuse, need_y);
+                  const py::object& reuse, bool need_y, bool reverse,
+                  const py::object& batch_sizes) {
+  const py::dtype dt = float_dtype_of(x);
+  if (is_float32(dt)) {
+    return forward_impl<float>(x, h0, c0, w_ih, w_hh, bias, dt, reuse, need_y, reverse,
+                               batch_sizes);
   }
-  return forward_impl<double>(xa, h0, c0, w_ih, w_hh, bias, dt, reuse, need_y);
+  return forward_impl<double>(x, h0, c0, w_ih, w_hh, bias, dt, reuse, need_y, reverse,
+                              batch_sizes);
 }
 
 template <typename S>
@@ -151,9 +144,7 @@ py::tuple backward_impl(ForwardContext& ctx, const py::object& dy_obj,
   const Dims& d = ctx.dims;
   const py::dtype& dt = ctx.dtype;
   const std::int64_t G = 4 * d.H;
-  const S* dy = data_or_null<S>(dy_obj, "dy", {d.T, d.B, d.H}, dt);
-  const S* dh_n = data_or_null<S>(dh_n_obj, "dh_n", {d.B, d.H}, dt);
-  const S* dc_n = data_or_null<S>(dc_n_obj, "dc_n", {d.B, d.H}, dt);
+  const auto in = grad_args<S>(dy_obj, dh_n_obj, dc_n_obj, d, dt);
 
   // scratch kept with the context: repeated backward passes allocate no workspace
   if (!ctx.dgates) ctx.dgates = empty({d.T, d.B, G}, dt);
@@ -176,9 +167,11 @@ py::tuple backward_impl(ForwardContext& ctx, const py::object& dy_obj,
   const S* w_ih = static_cast<const S*>(ctx.w_ih.data());
   const S* w_hh = static_cast<const S*>(ctx.w_hh.data());
   S* dg = mut<S>(dgates);
+  const std::int64_t* sizes = ctx.batch_sizes.empty() ? nullptr : ctx.batch_sizes.data();
   {
     py::gil_scoped_release nogil;
-    lstmcore::lstm_backward<S>(grads, dg, cache, x, w_ih, w_hh, dy, dh_n, dc_n, d);
+    lstmcore::lstm_backward<S>(grads, dg, cache, x, w_ih, w_hh, in.dy, in.dh_n, in.dc_n, d,
+                               ctx.reverse, sizes);
   }
   py::object dx_out = need_dx ? py::object(dx) : py::object(py::none());
   return py::make_tuple(dx_out, dh0, dc0, dw_ih, dw_hh, dbias);
@@ -186,7 +179,7 @@ py::tuple backward_impl(ForwardContext& ctx, const py::object& dy_obj,
 
 py::tuple backward(ForwardContext& ctx, const py::object& dy, const py::object& dh_n,
                    const py::object& dc_n, bool need_dx) {
-  if (ctx.dtype.equal(py::dtype::of<float>())) {
+  if (is_float32(ctx.dtype)) {
     return backward_impl<float>(ctx, dy, dh_n, dc_n, need_dx);
   }
   return backward_impl<double>(ctx, dy, dh_n, dc_n, need_dx);
@@ -253,9 +246,12 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("bias"), py::arg("reuse") = py::none(),
-        py::arg("need_y") = true,
-        "forward(x, h0, c0, w_ih, w_hh, bias, reuse=None, need_y=True) -> (y, h_n, c_n, ctx);\n"
-        "h0/c0 may be None; reuse: an earlier ctx of the same shapes to overwrite");
+        py::arg("need_y") = true, py::arg("reverse") = false,
+        py::arg("batch_sizes") = py::none(),
+        "forward(x, h0, c0, w_ih, w_hh, bias, reuse=None, need_y=True, reverse=False,\n"
+        "batch_sizes=None) -> (y, h_n, c_n, ctx); h0/c0 may be None; reuse: an earlier ctx of\n"
+        "the same shapes to overwrite; batch_sizes: (T,) int64 rows active per step (rows\n"
+        "sorted by length, longest first)");
   m.def("backward", &backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         py::arg("need_dx") = true,
         "backward(ctx, dy, dh_n, dc_n, need_dx=True) -> (dx, dh0, dc0, dw_ih, dw_hh, dbias)");

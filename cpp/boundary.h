@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "lstmcore/lstm.h"
+
 namespace lstmcore::boundary {
 
 namespace py = pybind11;
@@ -67,6 +69,73 @@ const S* data_or_null(const py::object& obj, const char* name, const Shape& shap
                       const py::dtype& dt) {
   if (obj.is_none()) return nullptr;
   return static_cast<const S*>(require(obj, name, shape, dt).data());
+}
+
+inline bool is_float32(const py::dtype& dt) { return dt.equal(py::dtype::of<float>()); }
+
+// The dtype every argument of a call must share: x's, which must be float32 or float64 with
+// three dimensions (T, B, I).
+inline py::dtype float_dtype_of(const py::handle& x) {
+  if (!py::isinstance<py::array>(x)) fail("x", "a numpy array of float32 or float64", x);
+  auto a = py::reinterpret_borrow<py::array>(x);
+  py::dtype dt = a.dtype();
+  if (!is_float32(dt) && !dt.equal(py::dtype::of<double>())) {
+    fail("x", "dtype float32 or float64", x);
+  }
+  if (a.ndim() != 3) fail("x", "3 dimensions (T, B, I)", x);
+  return dt;
+}
+
+// A forward call's arguments, every one checked (dtype, shape, layout) before anything is
+// allocated or any reused buffer is touched. The arrays are held so their data stays valid.
+template <typename S>
+struct ForwardArgs {
+  Dims d;
+  py::array x, w_ih, w_hh, bias;
+  const S* h0 = nullptr;  // (B, H) or null
+  const S* c0 = nullptr;  // (B, H) or null
+};
+
+template <typename S>
+ForwardArgs<S> forward_args(const py::object& x, const py::object& h0, const py::object& c0,
+                            const py::object& w_ih, const py::object& w_hh,
+                            const py::object& bias, const py::dtype& dt) {
+  if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2) {
+    fail("w_hh", "a 2-d array (4H, H)", w_hh);
+  }
+  auto xa = py::reinterpret_borrow<py::array>(x);
+  ForwardArgs<S> a;
+  a.d = Dims{static_cast<std::int64_t>(xa.shape(0)), static_cast<std::int64_t>(xa.shape(1)),
+             static_cast<std::int64_t>(xa.shape(2)),
+             static_cast<std::int64_t>(py::reinterpret_borrow<py::array>(w_hh).shape(1))};
+  lstmcore::check_dims(a.d);
+  const Dims& d = a.d;
+  const std::int64_t G = 4 * d.H;
+  a.x = require(x, "x", {d.T, d.B, d.I}, dt);
+  a.w_ih = require(w_ih, "w_ih", {G, d.I}, dt);
+  a.w_hh = require(w_hh, "w_hh", {G, d.H}, dt);
+  a.bias = require(bias, "bias", {G}, dt);
+  a.h0 = data_or_null<S>(h0, "h0", {d.B, d.H}, dt);
+  a.c0 = data_or_null<S>(c0, "c0", {d.B, d.H}, dt);
+  return a;
+}
+
+// A backward call's incoming gradients, checked against the forward pass's sizes and dtype.
+template <typename S>
+struct GradArgs {
+  const S* dy = nullptr;    // (T, B, H) or null
+  const S* dh_n = nullptr;  // (B, H) or null
+  const S* dc_n = nullptr;  // (B, H) or null
+};
+
+template <typename S>
+GradArgs<S> grad_args(const py::object& dy, const py::object& dh_n, const py::object& dc_n,
+                      const Dims& d, const py::dtype& dt) {
+  GradArgs<S> g;
+  g.dy = data_or_null<S>(dy, "dy", {d.T, d.B, d.H}, dt);
+  g.dh_n = data_or_null<S>(dh_n, "dh_n", {d.B, d.H}, dt);
+  g.dc_n = data_or_null<S>(dc_n, "dc_n", {d.B, d.H}, dt);
+  return g;
 }
 
 }  // namespace lstmcore::boundary

@@ -5,12 +5,14 @@
 // process, used by one call at a time; the trainer owns its own.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <memory>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "boundary.h"
@@ -54,13 +56,6 @@ std::size_t n(std::int64_t a, std::int64_t b = 1, std::int64_t c = 1) {
   return static_cast<std::size_t>(a * b * c);
 }
 
-template <typename S>
-const S* host_or_null(const py::object& obj, const char* name, const Shape& shape,
-                      const py::dtype& dt) {
-  if (obj.is_none()) return nullptr;
-  return static_cast<const S*>(require(obj, name, shape, dt).data());
-}
-
 // uploads `host`, or zeros when it is null
 template <typename S>
 void upload_or_zero(lc::DeviceBuffer<S>& buf, const S* host, std::size_t count,
@@ -74,27 +69,18 @@ void upload_or_zero(lc::DeviceBuffer<S>& buf, const S* host, std::size_t count,
 }
 
 template <typename S>
-py::tuple forward_impl(const py::array& x, const py::object& h0, const py::object& c0,
+py::tuple forward_impl(const py::object& x, const py::object& h0, const py::object& c0,
                        const py::object& w_ih, const py::object& w_hh, const py::object& bias,
                        const py::dtype& dt) {
-  if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2) {
-    throw std::invalid_argument("w_hh: expected a 2-d array (4H, H), got " + describe(w_hh));
-  }
-  Dims d{static_cast<std::int64_t>(x.shape(0)), static_cast<std::int64_t>(x.shape(1)),
-         static_cast<std::int64_t>(x.shape(2)),
-         static_cast<std::int64_t>(py::reinterpret_borrow<py::array>(w_hh).shape(1))};
-  lstmcore::check_dims(d);
+  const auto args = forward_args<S>(x, h0, c0, w_ih, w_hh, bias, dt);
+  const Dims& d = args.d;
   const std::int64_t G = 4 * d.H;
-  auto x_ok = require(x, "x", {d.T, d.B, d.I}, dt);
-  auto w_ih_ok = require(w_ih, "w_ih", {G, d.I}, dt);
-  auto w_hh_ok = require(w_hh, "w_hh", {G, d.H}, dt);
-  auto bias_ok = require(bias, "bias", {G}, dt);
-  const S* h0p = host_or_null<S>(h0, "h0", {d.B, d.H}, dt);
-  const S* c0p = host_or_null<S>(c0, "c0", {d.B, d.H}, dt);
-  const S* xp = static_cast<const S*>(x_ok.data());
-  const S* w_ihp = static_cast<const S*>(w_ih_ok.data());
-  const S* w_hhp = static_cast<const S*>(w_hh_ok.data());
-  const S* biasp = static_cast<const S*>(bias_ok.data());
+  const S* h0p = args.h0;
+  const S* c0p = args.c0;
+  const S* xp = static_cast<const S*>(args.x.data());
+  const S* w_ihp = static_cast<const S*>(args.w_ih.data());
+  const S* w_hhp = static_cast<const S*>(args.w_hh.data());
+  const S* biasp = static_cast<const S*>(args.bias.data());
 
   auto cache = std::make_unique<DeviceCache<S>>();
   py::array y(dt, Shape{d.T, d.B, d.H});
@@ -151,9 +137,10 @@ py::tuple backward_impl(const CudaForwardContext& fc, const py::object& dy,
   const py::dtype& dt = fc.dtype;
   const std::int64_t G = 4 * d.H;
   auto& cache = static_cast<DeviceCache<S>&>(*fc.cache);
-  const S* dyp = host_or_null<S>(dy, "dy", {d.T, d.B, d.H}, dt);
-  const S* dhnp = host_or_null<S>(dh_n, "dh_n", {d.B, d.H}, dt);
-  const S* dcnp = host_or_null<S>(dc_n, "dc_n", {d.B, d.H}, dt);
+  const auto in = grad_args<S>(dy, dh_n, dc_n, d, dt);
+  const S* dyp = in.dy;
+  const S* dhnp = in.dh_n;
+  const S* dcnp = in.dc_n;
   py::array dh0(dt, Shape{d.B, d.H}), dc0(dt, Shape{d.B, d.H});
   py::array dw_ih(dt, Shape{G, d.I}), dw_hh(dt, Shape{G, d.H}), dbias(dt, Shape{G});
   py::array dx(dt, Shape{need_dx ? d.T : 0, d.B, d.I});
@@ -195,17 +182,6 @@ py::tuple backward_impl(const CudaForwardContext& fc, const py::object& dy,
   return py::make_tuple(dx_out, dh0, dc0, dw_ih, dw_hh, dbias);
 }
 
-py::dtype float_dtype_of(const py::object& x) {
-  if (!py::isinstance<py::array>(x)) {
-    throw std::invalid_argument("x: expected a numpy array, got " + describe(x));
-  }
-  auto a = py::reinterpret_borrow<py::array>(x);
-  if (a.ndim() != 3) throw std::invalid_argument("x: expected 3 dimensions, got " + describe(x));
-  if (a.dtype().equal(py::dtype::of<float>())) return py::dtype::of<float>();
-  if (a.dtype().equal(py::dtype::of<double>())) return py::dtype::of<double>();
-  throw std::invalid_argument("x: expected dtype float32 or float64, got " + describe(x));
-}
-
 }  // namespace
 
 namespace lstmcore::cuda {
@@ -235,11 +211,9 @@ PYBIND11_MODULE(_cuda, m) {
       [](const py::object& x, const py::object& h0, const py::object& c0, const py::object& w_ih,
          const py::object& w_hh, const py::object& bias, const py::object& reuse, bool need_y) {
         (void)reuse;  // device buffers live with each context; nothing to reuse across calls
-        py::dtype dt = float_dtype_of(x);
-        auto xa = py::reinterpret_borrow<py::array>(x);
-        py::tuple out = dt.equal(py::dtype::of<float>())
-                            ? forward_impl<float>(xa, h0, c0, w_ih, w_hh, bias, dt)
-                            : forward_impl<double>(xa, h0, c0, w_ih, w_hh, bias, dt);
+        const py::dtype dt = float_dtype_of(x);
+        py::tuple out = is_float32(dt) ? forward_impl<float>(x, h0, c0, w_ih, w_hh, bias, dt)
+                                       : forward_impl<double>(x, h0, c0, w_ih, w_hh, bias, dt);
         if (!need_y) out = py::make_tuple(py::none(), out[1], out[2], out[3]);
         return out;
       },
@@ -249,7 +223,7 @@ PYBIND11_MODULE(_cuda, m) {
       "backward",
       [](const CudaForwardContext& c, const py::object& dy, const py::object& dh_n,
          const py::object& dc_n, bool need_dx) {
-        if (c.dtype.equal(py::dtype::of<float>())) {
+        if (is_float32(c.dtype)) {
           return backward_impl<float>(c, dy, dh_n, dc_n, need_dx);
         }
         return backward_impl<double>(c, dy, dh_n, dc_n, need_dx);
@@ -268,15 +242,45 @@ py::array_t<T> require_exact(const py::object& obj, const char* name, const Shap
   return py::reinterpret_borrow<py::array_t<T>>(require(obj, name, shape, py::dtype::of<T>()));
 }
 
+std::vector<ParamSlot> to_layout(const std::vector<std::pair<std::string, std::int64_t>>& slots) {
+  std::vector<ParamSlot> out;
+  out.reserve(slots.size());
+  for (const auto& [name, size] : slots) out.push_back(ParamSlot{name, size});
+  return out;
+}
+
+py::list from_layout(const std::vector<ParamSlot>& layout) {
+  py::list out;
+  for (const ParamSlot& slot : layout) out.append(py::make_tuple(slot.name, slot.size));
+  return out;
+}
+
 }  // namespace
 
 void bind_trainer(py::module_& m) {
+  // host-only: usable (and tested) without a GPU
+  m.def(
+      "param_layout",
+      [](std::int64_t input_size, std::int64_t hidden, std::int64_t classes) {
+        return from_layout(param_layout(input_size, hidden, classes));
+      },
+      py::arg("input_size"), py::arg("hidden"), py::arg("classes"),
+      "the trainer's flat parameter layout: [(name, size), ...] in order");
+  m.def(
+      "check_layout",
+      [](const std::vector<std::pair<std::string, std::int64_t>>& layout,
+         std::int64_t input_size, std::int64_t hidden, std::int64_t classes) {
+        check_layout(to_layout(layout), param_layout(input_size, hidden, classes));
+      },
+      py::arg("layout"), py::arg("input_size"), py::arg("hidden"), py::arg("classes"),
+      "ValueError naming the first slot where layout differs from the trainer's");
   py::class_<Trainer>(m, "Trainer", "Device-resident training of the sequence classifier.")
       .def(py::init([](const py::object& images, const py::object& labels,
-                       const py::object& params, std::int64_t hidden, std::int64_t classes,
-                       std::int64_t max_batch, const std::string& optimizer, float momentum,
-                       float weight_decay, float beta1, float beta2, float eps, float clip,
-                       bool tf32) {
+                       const py::object& params,
+                       const std::vector<std::pair<std::string, std::int64_t>>& layout,
+                       std::int64_t hidden, std::int64_t classes, std::int64_t max_batch,
+                       const std::string& optimizer, float momentum, float weight_decay,
+                       float beta1, float beta2, float eps, float clip, bool tf32) {
              if (!py::isinstance<py::array>(images) ||
                  py::reinterpret_borrow<py::array>(images).ndim() != 3) {
                throw std::invalid_argument("images: expected (N, T, I) float32, got " +
@@ -298,8 +302,10 @@ void bind_trainer(py::module_& m) {
              cfg.eps = eps;
              cfg.clip = clip;
              cfg.tf32 = tf32;
-             const std::int64_t P = 4 * hidden * (cfg.input_size + hidden + 1) +
-                                    classes * (hidden + 1);
+             std::int64_t P = 0;
+             for (const ParamSlot& slot : param_layout(cfg.input_size, hidden, classes)) {
+               P += slot.size;
+             }
              auto im_ok = require_exact<float>(images, "images",
                                                {count, cfg.steps, cfg.input_size});
              auto lab_ok = require_exact<std::int32_t>(labels, "labels", {count});
@@ -311,17 +317,20 @@ void bind_trainer(py::module_& m) {
                                              " outside [0, classes)");
                }
              }
+             const std::vector<ParamSlot> slots = to_layout(layout);
              py::gil_scoped_release nogil;
-             return std::make_unique<Trainer>(cfg, im_ok.data(), lab, count, par_ok.data());
+             return std::make_unique<Trainer>(cfg, slots, im_ok.data(), lab, count,
+                                              par_ok.data());
            }),
-           py::arg("images"), py::arg("labels"), py::arg("params"), py::arg("hidden"),
+           py::arg("images"), py::arg("labels"), py::arg("params"), py::arg("layout"),
+           py::arg("hidden"),
            py::arg("classes"), py::arg("max_batch"), py::arg("optimizer"), py::arg("momentum"),
            py::arg("weight_decay"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
            py::arg("clip"), py::arg("tf32") = false)
       .def_property_readonly("param_count", &Trainer::param_count)
       .def(
-          "step",
-          [](Trainer& t, const py::object& indices, float lr) {
+          "compute",
+          [](Trainer& t, const py::object& indices) {
             if (!py::isinstance<py::array>(indices) ||
                 py::reinterpret_borrow<py::array>(indices).ndim() != 1) {
               throw std::invalid_argument("indices: expected (B,) int32, got " +
@@ -333,12 +342,19 @@ void bind_trainer(py::module_& m) {
             StepResult r;
             {
               py::gil_scoped_release nogil;
-              r = t.step(p, batch, lr);
+              r = t.compute(p, batch);
             }
-            return py::make_tuple(r.loss, r.correct, r.grad_norm, r.applied);
+            return py::make_tuple(r.loss, r.correct, r.grad_norm);
           },
-          py::arg("indices"), py::arg("lr"),
-          "one step; returns (mean loss, correct, grad norm, applied)")
+          py::arg("indices"),
+          "gradients of the batch; returns (mean loss, correct, grad norm); changes nothing")
+      .def(
+          "apply",
+          [](Trainer& t, float lr) {
+            py::gil_scoped_release nogil;
+            t.apply(lr);
+          },
+          py::arg("lr"), "the optimizer update from the last compute()'s gradients")
       .def(
           "predict",
           [](Trainer& t, const py::object& images) {

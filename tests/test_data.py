@@ -80,6 +80,10 @@ def bad_files(rng: np.random.Generator) -> dict[str, tuple[bytes, str]]:
         ),
         "large declared size": (
             bytes([0, 0, 8, 2]) + np.array([2**20, 2**20], ">u4").tobytes() + b"\x00" * 100,
+            "more than the reader's limit",
+        ),
+        "declared size within the limit": (
+            bytes([0, 0, 8, 2]) + np.array([2**14, 2**14], ">u4").tobytes() + b"\x00" * 100,
             "truncated data",
         ),
     }
@@ -95,6 +99,33 @@ def test_read_idx_rejects_bad_files_naming_them(
     with pytest.raises(DataError, match=message) as info:
         data.read_idx(path)
     assert str(path) in str(info.value)
+
+
+def test_read_idx_holds_the_data_once(tmp_path: Path) -> None:
+    """A 64 MiB image file (a small gzip of zeros) peaks at about 64 MiB of Python/NumPy
+    allocations, not twice that (no list of chunks joined, no copy for the byte order)."""
+    import tracemalloc
+
+    n = 64 << 20
+    for code, dtype in ((0x08, np.uint8), (0x0D, ">f4")):
+        header = bytes([0, 0, code, 1]) + np.array([n // np.dtype(dtype).itemsize], ">u4").tobytes()
+        path = write(tmp_path / f"big-{code}.gz", header + bytes(n), compress=True)
+        tracemalloc.start()
+        try:
+            got = data.read_idx(path)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert got.nbytes == n and got.dtype.isnative and not got.any()
+        assert peak < 1.2 * n, f"type 0x{code:02x}: peak {peak / n:.2f} x the data"
+
+
+def test_read_idx_limit_is_stated_and_names_the_file(tmp_path: Path) -> None:
+    declared = data.MAX_IDX_BYTES + 1
+    header = bytes([0, 0, 8, 1]) + np.array([declared], ">u4").tobytes()
+    path = write(tmp_path / "huge", header, compress=False)
+    with pytest.raises(DataError, match=rf"{declared} bytes.*limit of {data.MAX_IDX_BYTES}"):
+        data.read_idx(path)
 
 
 def test_read_idx_rejects_corrupt_and_truncated_gzip(
@@ -158,18 +189,30 @@ def test_image_and_label_counts_must_agree(rng: np.random.Generator, tmp_path: P
 FILES = {"alpha": b"alpha file " * 5000, "beta": b"beta file " * 7000}
 
 
+# what the server sends, compressed once per test session (the 47 MB of MNIST took 41 s of the
+# suite when recompressed per request): "good" and "corrupt" bodies by file name
+SERVED: dict[str, dict[str, bytes]] = {"good": {}, "corrupt": {}}
+
+
+def serve(name: str, content: bytes, corrupt: bytes | None = None) -> None:
+    SERVED["good"][name] = gzip.compress(content, compresslevel=1)
+    SERVED["corrupt"][name] = gzip.compress(content[::-1] if corrupt is None else corrupt, 1)
+
+
+for _name, _content in FILES.items():
+    serve(_name, _content)
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     """/good/NAME.gz serves the file; /corrupt/ wrong bytes; /cut/ half, then hangs up."""
 
     def do_GET(self) -> None:
         mode, _, name = self.path.strip("/").partition("/")
         key = name.removesuffix(".gz")
-        if key not in FILES or mode not in ("good", "corrupt", "cut"):
+        if key not in SERVED["good"] or mode not in ("good", "corrupt", "cut"):
             self.send_error(404)
             return
-        body = gzip.compress(FILES[key])
-        if mode == "corrupt":
-            body = gzip.compress(FILES[key][::-1])
+        body = SERVED["corrupt" if mode == "corrupt" else "good"][key]
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -231,22 +274,54 @@ def test_download_with_only_bad_mirrors_leaves_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_load_mnist_downloads_missing_files_into_the_cache(server: str, tmp_path: Path) -> None:
-    """The real MNIST names and checksums, served from the bundled files."""
-    bundled = {
-        n: gzip.decompress((data.bundled_dir() / f"{n}.gz").read_bytes()) for n in data.MNIST_FILES
-    }
-    FILES.update(bundled)
+def serve_bundled_mnist() -> list[str]:
+    """The real MNIST names and checksums, served as the bundled .gz files are (no
+    recompression); returns the names."""
+    for n in data.MNIST_FILES:
+        packed = (data.bundled_dir() / f"{n}.gz").read_bytes()
+        SERVED["good"][n] = packed
+        SERVED["corrupt"][n] = packed[:-20] + bytes(20)
+    return list(data.MNIST_FILES)
+
+
+def test_load_mnist_downloads_missing_files_into_the_data_dir(server: str, tmp_path: Path) -> None:
+    """--data-dir DIR --download: the missing files are fetched into DIR itself."""
+    bundled = serve_bundled_mnist()
     try:
-        cache = tmp_path / "cache"
+        target = tmp_path / "mnist"
         got = data.load_mnist(
-            tmp_path / "empty",
-            download_missing=True,
-            cache_dir=cache,
-            mirrors=[f"{server}/cut/", f"{server}/good/"],
+            target, download_missing=True, mirrors=[f"{server}/cut/", f"{server}/good/"]
         )
         assert got.train_images.shape == (60000, 28, 28)
-        assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in bundled)
+        assert sorted(p.name for p in target.iterdir()) == sorted(f"{n}.gz" for n in bundled)
+        # a partial MNIST directory is completed in place
+        (target / "t10k-labels-idx1-ubyte.gz").unlink()
+        data.load_mnist(target, download_missing=True, mirrors=[f"{server}/good/"])
+        assert (target / "t10k-labels-idx1-ubyte.gz").is_file()
     finally:
         for n in bundled:
-            FILES.pop(n)
+            SERVED["good"].pop(n)
+            SERVED["corrupt"].pop(n)
+
+
+def test_download_never_mixes_mnist_into_another_data_set(
+    server: str, rng: np.random.Generator, tmp_path: Path
+) -> None:
+    """A Fashion-MNIST-like directory with a file missing is refused, naming a foreign file;
+    nothing is fetched and the directory is unchanged."""
+    write_dataset(tmp_path, rng)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: not the published MNIST"):
+        data.load_mnist(tmp_path, download_missing=True, mirrors=[f"{server}/good/"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cache_dir_follows_lstmcore_data_then_the_platform(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LSTMCORE_DATA", str(tmp_path / "mine"))
+    assert data.default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("LSTMCORE_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.default_cache_dir() == tmp_path / "xdg" / "lstmcore"

@@ -53,3 +53,4 @@ def _default_threads() -> int:
 
 
 set_num_threads(_default_threads())
+from lstmcore.model import load as load  # noqa: E402  (after set-up: model imports the core)

@@ -1,8 +1,10 @@
 """MNIST-format data: an IDX reader, the bundled MNIST files, and a verified downloader.
 
 Every failure to read a file raises :class:`DataError` (a ValueError) naming the file and what
-is wrong with it; nothing is ever half-loaded. Sizes declared in a header are never trusted for
-allocation: data is read in bounded chunks and compared with the declared size.
+is wrong with it; nothing is ever half-loaded. A header's sizes bound what is read: no more than
+the declared bytes are ever decompressed, headers declaring more than ``MAX_IDX_BYTES`` are
+refused, and the data is read in bounded chunks into one buffer (memory grows with the bytes
+actually found, and the data is held once).
 
 Pixels are returned as float32 in [0, 1] (``uint8 / 255``); no further normalisation.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import os
 import shutil
 import sys
@@ -20,7 +23,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +31,7 @@ from numpy.typing import NDArray
 from lstmcore import _files
 
 __all__ = [
+    "MAX_IDX_BYTES",
     "MIRRORS",
     "MNIST_FILES",
     "DataError",
@@ -70,6 +74,10 @@ _IDX_TYPES: dict[int, np.dtype] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
 
+# The largest data part an IDX header may declare: 2 GiB, 40 times MNIST's training images
+# (whose float32 copy is 4 times larger again). A larger header is refused, naming the file.
+MAX_IDX_BYTES = 2**31
+
 
 def bundled_dir() -> Path:
     """The MNIST files shipped inside the package."""
@@ -77,32 +85,37 @@ def bundled_dir() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """``$LSTMCORE_DATA``, else ``~/.cache/lstmcore``."""
+    """``$LSTMCORE_DATA``, else the platform's user cache directory for lstmcore
+    (``$XDG_CACHE_HOME/lstmcore``, by default ``~/.cache/lstmcore``, on Linux)."""
     env = os.environ.get("LSTMCORE_DATA")
-    return Path(env) if env else Path.home() / ".cache" / "lstmcore"
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("lstmcore", appauthor=False))
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     """The file's bytes, decompressed when it starts with the gzip magic."""
     with open(path, "rb") as probe:
         compressed = probe.read(2) == _GZIP_MAGIC
     if compressed:
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.GzipFile(path, "rb")
     return open(path, "rb")
 
 
-def _read_exact(stream: BinaryIO, size: int, path: Path, what: str) -> bytes:
-    """Reads exactly ``size`` bytes in bounded chunks (memory grows only with real data)."""
-    parts: list[bytes] = []
-    remaining = size
-    while remaining > 0:
-        chunk = stream.read(min(remaining, _CHUNK))
-        if not chunk:
-            got = size - remaining
-            raise DataError(f"{path}: truncated {what}: expected {size} bytes, found {got}")
-        parts.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(parts)
+def _read_exact(stream: io.BufferedIOBase, size: int, path: Path, what: str) -> NDArray[np.uint8]:
+    """Reads exactly ``size`` bytes into one buffer, in bounded chunks: the buffer's pages are
+    touched only as real data arrives, so a header that lies costs no memory."""
+    buf = np.empty(size, dtype=np.uint8)
+    view = buf.data
+    filled = 0
+    while filled < size:
+        got = stream.readinto(view[filled : filled + _CHUNK])
+        if not got:
+            raise DataError(f"{path}: truncated {what}: expected {size} bytes, found {filled}")
+        filled += got
+    return buf
 
 
 def read_idx(path: str | os.PathLike[str], expect_dims: int | None = None) -> NDArray[Any]:
@@ -119,8 +132,8 @@ def read_idx(path: str | os.PathLike[str], expect_dims: int | None = None) -> ND
         with _open(path) as stream:
             header = _read_exact(stream, 4, path, "header")
             if header[0] != 0 or header[1] != 0:
-                raise DataError(f"{path}: not an IDX file (magic {header.hex()})")
-            type_code, ndim = header[2], header[3]
+                raise DataError(f"{path}: not an IDX file (magic {header.tobytes().hex()})")
+            type_code, ndim = int(header[2]), int(header[3])
             if type_code not in _IDX_TYPES:
                 raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}")
             if expect_dims is not None and ndim != expect_dims:
@@ -136,14 +149,23 @@ def read_idx(path: str | os.PathLike[str], expect_dims: int | None = None) -> ND
             # numpy cannot even describe an (empty) array whose other dimensions overflow
             if nominal * dtype.itemsize > sys.maxsize:
                 raise DataError(f"{path}: header shape {shape} is too large to represent")
-            data = _read_exact(stream, count * dtype.itemsize, path, "data")
+            size = count * dtype.itemsize
+            if size > MAX_IDX_BYTES:
+                raise DataError(
+                    f"{path}: header shape {shape} declares {size} bytes of data, more than "
+                    f"the reader's limit of {MAX_IDX_BYTES} bytes"
+                )
+            data = _read_exact(stream, size, path, "data")
             if stream.read(1):
                 raise DataError(f"{path}: more data than the header's shape {shape} declares")
     except DataError:
         raise
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read: {err}") from err
-    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    array = data.view(dtype)
+    if not dtype.isnative:  # swap in place: the data is never held twice
+        array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return array.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -160,11 +182,18 @@ class MnistData:
         return int(max(self.train_labels.max(initial=0), self.test_labels.max(initial=0))) + 1
 
 
-def _find(directory: Path, name: str) -> Path:
+def _present(directory: Path, name: str) -> Path | None:
     for candidate in (directory / f"{name}.gz", directory / name):
         if candidate.is_file():
             return candidate
-    raise DataError(f"{directory / name}[.gz]: file not found")
+    return None
+
+
+def _find(directory: Path, name: str) -> Path:
+    path = _present(directory, name)
+    if path is None:
+        raise DataError(f"{directory / name}[.gz]: file not found")
+    return path
 
 
 def _sha256_of_contents(path: Path) -> str:
@@ -210,31 +239,43 @@ def _load_pair(
     return pixels, labels.astype(np.int64)
 
 
+def _refuse_foreign_files(directory: Path) -> None:
+    """DataError unless every standard file already in ``directory`` is the published MNIST:
+    completing another data set with MNIST's files would silently mix the two."""
+    for name, expected in MNIST_FILES.items():
+        path = _present(directory, name)
+        if path is not None and _sha256_of_contents(path) != expected:
+            raise DataError(
+                f"{path}: not the published MNIST, and files are missing beside it; "
+                "--download fetches only MNIST's files and would mix data sets "
+                "(add the missing files, or download into an empty directory)"
+            )
+
+
 def load_mnist(
     data_dir: str | os.PathLike[str] | None = None,
     *,
     download_missing: bool = False,
-    cache_dir: str | os.PathLike[str] | None = None,
     mirrors: Sequence[str] = MIRRORS,
 ) -> MnistData:
     """Loads the four standard files.
 
     With no ``data_dir``: the bundled MNIST, checked against its SHA-256 sums. With a
     ``data_dir``: the four standard names (``.gz`` or raw) from there, any MNIST-format data set
-    (Fashion-MNIST uses the same names); when they are missing and ``download_missing`` is set,
-    they are fetched into ``cache_dir`` (default: :func:`default_cache_dir`) and verified.
+    (Fashion-MNIST uses the same names). With ``download_missing``, missing files of the
+    published MNIST are fetched into ``data_dir`` itself (default: :func:`default_cache_dir`)
+    and verified; a directory holding some files of another data set is refused (DataError),
+    never completed with MNIST's.
     """
     checksums: Mapping[str, str] | None = None
-    if data_dir is None:
+    if data_dir is None and not download_missing:
         directory, checksums = bundled_dir(), MNIST_FILES
     else:
-        directory = Path(data_dir)
-        missing = [
-            n for n in MNIST_FILES if not any((directory / f).is_file() for f in (n, f"{n}.gz"))
-        ]
+        directory = Path(data_dir) if data_dir is not None else default_cache_dir()
+        missing = {n: d for n, d in MNIST_FILES.items() if _present(directory, n) is None}
         if missing and download_missing:
-            directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-            download(directory, mirrors=mirrors)
+            _refuse_foreign_files(directory)
+            download(directory, mirrors=mirrors, files=missing)
             checksums = MNIST_FILES
     train = _load_pair(directory, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", checksums)
     test = _load_pair(directory, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", checksums)

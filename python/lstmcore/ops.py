@@ -18,6 +18,18 @@ sigmoid(-inf) is 0 in float64 and below 1e-38 in float32 (the float exp clamps i
 
 ``x`` and the weights are referenced by the context, not copied: changing them in place between
 forward and backward changes the gradients (as in any autograd).
+
+Direction: ``reverse=True`` runs the steps t = T-1 .. 0 over the same x (nothing is copied or
+flipped); y[t] is still the state after consuming x[t], and h_n, c_n the state after t = 0.
+
+Variable lengths: ``lengths`` (B,) integers in [1, T], in any order, gives each sequence's
+length; row b runs the steps t < lengths[b] only. The result equals torch's
+``pack_padded_sequence(x, lengths, enforce_sorted=False)`` through the LSTM and
+``pad_packed_sequence(..., total_length=T)``: y is zero past each sequence's end, h_n and c_n
+are each sequence's state at its own last step, the reverse direction starts at each
+sequence's own last step, and dy past a sequence's end is ignored. The rows are sorted by
+length once (longest first) so that at each step only the sequences still running enter the
+core's GEMMs and cell math: a batch of lengths uniform in [1, T] costs about half a padded one.
 """
 
 from __future__ import annotations
@@ -44,6 +56,57 @@ class LstmContext:
     device: str
     dtype: np.dtype
     shape: tuple[int, int, int, int]  # (T, B, I, H)
+    order: NDArray[np.intp] | None = None  # rows sorted by length (None: as given)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Rows sorted longest first (``order``, None when already sorted) and the rows active at
+    each step (``batch_sizes`` (T,) int64, the core's form of the lengths)."""
+
+    order: NDArray[np.intp] | None
+    batch_sizes: NDArray[np.int64]
+
+
+def _schedule(lengths: Any, steps: int, batch: int) -> _Schedule:
+    """Validates ``lengths`` and turns it into the core's sorted form."""
+    if not isinstance(lengths, np.ndarray):
+        try:
+            lengths = np.asarray(lengths)
+        except (TypeError, ValueError) as e:
+            kind = type(lengths).__name__
+            raise ValueError(f"lengths: expected (B,) integers, got {kind}") from e
+    if lengths.dtype == np.bool_ or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"lengths: expected integers, got dtype {lengths.dtype}")
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths: expected shape ({batch},) (B,), got {lengths.shape}")
+    if batch and (lengths.min() < 1 or lengths.max() > steps):
+        raise ValueError(
+            f"lengths: expected values in [1, T={steps}], got min {lengths.min()} "
+            f"max {lengths.max()}"
+        )
+    lengths = lengths.astype(np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    counts = np.bincount(lengths, minlength=steps + 1)  # counts[L]: sequences of length L
+    batch_sizes = (batch - np.cumsum(counts)[:steps]).astype(np.int64)  # lengths > t
+    if np.array_equal(order, np.arange(batch)):
+        return _Schedule(None, batch_sizes)
+    return _Schedule(order, batch_sizes)
+
+
+def _rows(a: NDArray[Any] | None, order: NDArray[np.intp] | None, axis: int) -> Any:
+    """``a`` with its batch rows taken in ``order`` (None: unchanged)."""
+    if a is None or order is None:
+        return a
+    return np.take(a, order, axis=axis)
+
+
+def _inverse(order: NDArray[np.intp] | None) -> NDArray[np.intp] | None:
+    if order is None:
+        return None
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    return inverse
 
 
 def _common_dtype(named: dict[str, Any]) -> np.dtype:
@@ -108,13 +171,16 @@ def lstm_forward(
     device: str = "cpu",
     reuse: LstmContext | None = None,
     need_y: bool = True,
+    reverse: bool = False,
+    lengths: NDArray[Any] | None = None,
 ) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any], LstmContext]:
     """Runs the LSTM over all steps; returns ``(y, h_n, c_n, ctx)``. h0/c0 of None mean zeros.
 
     ``reuse``: a context from an earlier call that is no longer needed; when its shapes, dtype
     and device match, its buffers are overwritten instead of allocating new ones (the old
     context then describes this call). ``need_y=False`` returns None for y and skips its copy.
-    A context serves one thread at a time.
+    ``reverse``: run the steps from T-1 down to 0. ``lengths``: (B,) sequence lengths in
+    [1, T] (see the module's docstring). A context serves one thread at a time.
     """
     _check_device(device)
     args = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh, "bias": bias}
@@ -123,11 +189,26 @@ def lstm_forward(
             raise ValueError(f"{name}: expected a numpy array, got None")
     dtype = _common_dtype(args)
     _check_sizes(x, w_hh)
+    if device != "cpu" and (reverse or lengths is not None):
+        feature = "reverse=True" if reverse else "lengths"
+        raise ValueError(f"{feature}: not supported on device={device!r} (CPU only for now)")
+    sched = None if lengths is None else _schedule(lengths, x.shape[0], x.shape[1])
+    order = None if sched is None else sched.order
     arrays = {name: _contiguous(value) for name, value in args.items()}
+    arrays["x"] = _rows(arrays["x"], order, axis=1)
+    arrays["h0"] = _rows(arrays["h0"], order, axis=0)
+    arrays["c0"] = _rows(arrays["c0"], order, axis=0)
     backend = _backend(device)
     old = reuse.native if reuse is not None and reuse.device == device else None
-    y, h_n, c_n, native = backend.forward(**arrays, reuse=old, need_y=need_y)
-    ctx = LstmContext(native=native, device=device, dtype=dtype, shape=tuple(native.shape))
+    extra: dict[str, Any] = {}
+    if device == "cpu":
+        extra = {"reverse": reverse, "batch_sizes": None if sched is None else sched.batch_sizes}
+    y, h_n, c_n, native = backend.forward(**arrays, reuse=old, need_y=need_y, **extra)
+    back = _inverse(order)
+    y, h_n, c_n = _rows(y, back, axis=1), _rows(h_n, back, axis=0), _rows(c_n, back, axis=0)
+    ctx = LstmContext(
+        native=native, device=device, dtype=dtype, shape=tuple(native.shape), order=order
+    )
     return y, h_n, c_n, ctx
 
 
@@ -156,9 +237,14 @@ def lstm_backward(
                 f"gradients: dtype {dtype} differs from the forward pass's {ctx.dtype}"
             )
     arrays = {name: _contiguous(value) for name, value in grads.items()}
+    arrays["dy"] = _rows(arrays["dy"], ctx.order, axis=1)
+    arrays["dh_n"] = _rows(arrays["dh_n"], ctx.order, axis=0)
+    arrays["dc_n"] = _rows(arrays["dc_n"], ctx.order, axis=0)
     backend = _backend(ctx.device)
     grads_out: tuple[Any, ...] = backend.backward(ctx.native, need_dx=need_dx, **arrays)
     dx, dh0, dc0, dw_ih, dw_hh, dbias = grads_out
+    back = _inverse(ctx.order)
+    dx, dh0, dc0 = _rows(dx, back, axis=1), _rows(dh0, back, axis=0), _rows(dc0, back, axis=0)
     return dx, dh0, dc0, dw_ih, dw_hh, dbias
 
 

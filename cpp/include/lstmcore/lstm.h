@@ -65,9 +65,9 @@ struct LstmConstCache {
 // Throws std::invalid_argument unless batch_sizes (T,) is non-increasing and within [0, B].
 void check_batch_sizes(const std::int64_t* batch_sizes, const Dims& d);
 
-// Runs the LSTM over all T steps and fills `cache`. Inference: with cache.tanh_c null, only
-// h_all and c_all are written (gates may be null too) and backward must not be called; h_n and c_n are in final_slot() of
-// cache.h_all and cache.c_all; lstm_collect_y() gathers y.
+// Runs the LSTM over all T steps and fills `cache`; h_n and c_n are in final_slot() of
+// cache.h_all and cache.c_all; lstm_collect_y() gathers y. Inference: with cache.tanh_c null,
+// only h_all and c_all are written (gates may be null too) and backward must not be called.
 template <typename S>
 void lstm_forward(const LstmCache<S>& cache,
                   const S* x,     // (T, B, I)

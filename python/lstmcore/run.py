@@ -1,0 +1,744 @@
+"""A training run: its configuration, state, data, stepper and reporting, in one place.
+
+``python -m lstmcore.train`` is a thin command line over this module: it turns flags into a
+:class:`Config`, creates or resumes a :class:`Run`, trains it and prints its test result.
+
+A run directory holds ``config.json``, ``metrics.jsonl``, ``last.npz`` and ``best.npz``, each
+written atomically (``lstmcore._files``). ``last.npz`` holds everything a resume needs to
+continue exactly as if never stopped: parameters, optimizer state, progress, the RNG state and
+the current epoch's order.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lstmcore import _files, checkpoint, data, imaging, optim
+from lstmcore.model import Task, make_permutation, task_record
+from lstmcore.nn import SequenceClassifier, upgrade_v01_optim_state, upgrade_v01_params
+from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
+from lstmcore.stepper import Stepper, make_stepper
+
+Array = NDArray[Any]
+
+__all__ = [
+    "RUN_FILES",
+    "Config",
+    "ConfigError",
+    "Progress",
+    "Reporter",
+    "Run",
+    "RunData",
+    "RunError",
+    "RunLock",
+    "TestResult",
+    "TrainingError",
+    "load_run_data",
+    "lr_for",
+    "make_model",
+    "make_optimizer",
+    "unsupported_on_device",
+]
+
+RUN_FILES = ["config.json", "metrics.jsonl", "last.npz", "best.npz"]  # written atomically
+OTHER_FILES = ["curves.png"]  # also replaced by --overwrite
+LOCK_FILE = ".lock"
+
+# the settings a resume may change; every other one is the run's own
+EXTENDABLE = ("epochs", "iters")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the step."""
+
+
+class ConfigError(ValueError):
+    """A setting the run or its data cannot honour; the message names the flag."""
+
+
+class RunError(RuntimeError):
+    """The run directory cannot be used: it holds another run, or another process has it."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a Config field."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class Config:
+    """Everything that defines a run's result (saved as config.json; a resume reads it back)."""
+
+    # the default recipe (chosen on the validation split): 7 epochs of 256 with random shifts
+    # of up to 2 pixels, Adam 5e-3 with cosine decay
+    epochs: int = 7
+    iters: int | None = None
+    batch_size: int = 256
+    hidden: int = 128
+    layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    lr: float = 5e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    schedule: str = "cosine"
+    forget_bias: float = 1.0
+    max_loss: float = 100.0
+    seed: int = 0
+    val_size: int = 5000
+    train_subset: int | None = None
+    data_dir: str | None = None
+    download: bool = False
+    task: str = "rows"  # rows | pixels | permuted (lstmcore.model.Task)
+    perm_seed: int = 0  # the permuted task's pixel order
+    shift: int = 2  # augmentation: random shifts of up to this many pixels (CPU only)
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a resume continues exactly."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimizer steps
+    epoch_pos: int = 0  # batches done in the current epoch
+    loss_sum: float = 0.0  # over the current epoch
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0  # training time so far, all sessions
+    best_val: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The run's splits: training (after --train-subset), validation and test."""
+
+    train_x: NDArray[np.float32]
+    train_y: NDArray[np.int64]
+    val_x: NDArray[np.float32]
+    val_y: NDArray[np.int64]
+    test_x: NDArray[np.float32]
+    test_y: NDArray[np.int64]
+    num_classes: int
+    task: Task = field(default_factory=Task)
+    image_shape: tuple[int, int] = (28, 28)  # (rows, cols) of the images before the task
+
+    @property
+    def input_size(self) -> int:
+        return int(self.train_x.shape[2])
+
+
+@dataclass(frozen=True)
+class TestResult:
+    correct: int
+    total: int
+    predicted: NDArray[np.int64]
+
+
+def make_task(cfg: Config, image_shape: tuple[int, int]) -> Task:
+    if cfg.task == "permuted":
+        return Task("permuted", make_permutation(image_shape[0] * image_shape[1], cfg.perm_seed))
+    return Task(cfg.task)
+
+
+def load_run_data(cfg: Config) -> RunData:
+    """The splits as the task's sequences (B, T, I), converted once (a copy for permuted);
+    ConfigError when the data set cannot be split as the config says."""
+    mnist = data.load_mnist(cfg.data_dir, download_missing=cfg.download)
+    available = len(mnist.train_images)
+    if cfg.val_size >= available:
+        raise ConfigError(
+            f"--val-size {cfg.val_size}: the training set has {available} images; "
+            f"at most {available - 1} can be held out"
+        )
+    train_x, train_y, val_x, val_y = data.split_validation(
+        mnist.train_images, mnist.train_labels, cfg.val_size
+    )
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(train_x):
+            raise ConfigError(
+                f"--train-subset {cfg.train_subset}: only {len(train_x)} training images "
+                f"remain after --val-size {cfg.val_size}"
+            )
+        train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    shape = (int(train_x.shape[1]), int(train_x.shape[2]))
+    task = make_task(cfg, shape)
+    seq = task.sequences
+    return RunData(
+        seq(train_x),
+        train_y,
+        seq(val_x),
+        val_y,
+        seq(mnist.test_images),
+        mnist.test_labels,
+        mnist.num_classes,
+        task,
+        shape,
+    )
+
+
+def unsupported_on_device(cfg: Config, device: str) -> str | None:
+    """Why the model ``cfg`` describes cannot train on ``device``, or None."""
+    if device != "cuda":
+        return None
+    # the GPU trainer runs one unidirectional layer (lstmcore 0.1's model)
+    if cfg.layers > 1:
+        return f"--device cuda trains one LSTM layer: --layers {cfg.layers} is not supported there"
+    if cfg.bidirectional:
+        return "--device cuda trains one direction: --bidirectional is not supported there"
+    return None
+
+
+def make_model(cfg: Config, input_size: int, num_classes: int, device: str) -> SequenceClassifier:
+    problem = unsupported_on_device(cfg, device)
+    if problem is not None:
+        raise TrainingError(problem)
+    return SequenceClassifier(
+        input_size,
+        cfg.hidden,
+        num_classes,
+        num_layers=cfg.layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
+        forget_bias=cfg.forget_bias,
+        seed=cfg.seed,
+        device=device,
+    )
+
+
+def make_optimizer(cfg: Config, params: dict[str, Array]) -> optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return optim.SGD(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return optim.Adam(
+        params, cfg.lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw"
+    )
+
+
+def lr_for(cfg: Config, step: int, total: int) -> float:
+    """The learning rate of (0-based) ``step`` of ``total``; step schedule: x0.1 each third."""
+    return optim.lr_at(cfg.schedule, cfg.lr, step, total, step_size=max(total // 3, 1))
+
+
+class Reporter:
+    """What a run prints while it trains: epoch lines and a progress bar on stderr, or nothing
+    when quiet. The final result is printed by the caller, quiet or not."""
+
+    def __init__(self, quiet: bool, progress: bool | None = None) -> None:
+        self.quiet = quiet
+        # a bar redrawn in place only where someone watches: in a log file its frames would
+        # pile up as thousands of carriage-return lines
+        self.progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
+        self._bar: Any = None
+        self._started = 0.0
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int, done: int) -> None:
+        self._started = time.perf_counter()
+        if not self.progress:
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=batches,
+            initial=done,
+            leave=False,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def batch_done(self, prog: Progress) -> None:
+        if self._bar is None:
+            return
+        elapsed = time.perf_counter() - self._started
+        self._bar.update(1)
+        self._bar.set_postfix(
+            loss=f"{prog.loss_sum / prog.seen:.4f}",
+            acc=f"{100 * prog.correct / prog.seen:.2f}%",
+            rate=f"{prog.seen / max(elapsed, 1e-9):.0f}/s",
+            refresh=False,
+        )
+
+    def end_epoch(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def epoch_line(self, row: dict[str, Any]) -> None:
+        self.say(
+            f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}  "
+            f"train acc {100 * row['train_accuracy']:.2f}%  "
+            f"val acc {100 * row['val_accuracy']:.2f}%  "
+            f"{row['samples_per_s']:.0f} samples/s  {row['seconds']:.1f}s"
+        )
+
+
+class RunLock:
+    """An exclusive OS lock (``fcntl.flock``) on RUN_DIR/.lock while a process uses the run
+    directory, so two processes never write (or clean up) each other's files. The file names
+    the holder; the kernel releases the lock when the holder exits, however it exits."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(
+                f"{self.path.parent} is in use by {holder}; wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv)})\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Run:
+    """One training run in ``run_dir``: create it with :meth:`create` or :meth:`resume`, then
+    :meth:`train` and :meth:`test`; :meth:`close` (or a ``with`` block) releases the run
+    directory's lock."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        run_data: RunData,
+        *,
+        device: str = "cpu",
+        tf32: bool = False,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.cfg, self.run_dir, self.data = cfg, run_dir, run_data
+        self.device, self.tf32 = device, tf32
+        self.reporter = reporter if reporter is not None else Reporter(quiet=True)
+        self.model = make_model(cfg, run_data.input_size, run_data.num_classes, device)
+        self.opt = make_optimizer(cfg, self.model.params)
+        self.rng = np.random.default_rng(cfg.seed + 1)
+        self.prog = Progress()
+        self.order = self.rng.permutation(len(run_data.train_x))
+        self.notes: list[str] = []  # how a resume changed the settings (config.json)
+        self._stepper: Stepper | None = None
+        self._lock = RunLock(run_dir)
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- creation ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        cfg: Config,
+        run_dir: Path,
+        *,
+        overwrite: bool = False,
+        device: str = "cpu",
+        tf32: bool = False,
+        reporter: Reporter | None = None,
+    ) -> Run:
+        """A new run: loads the data, makes and locks the directory and writes config.json.
+        A directory already holding a run is refused (RunError) unless ``overwrite``."""
+        run = cls(cfg, run_dir, load_run_data(cfg), device=device, tf32=tf32, reporter=reporter)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with run._closed_on_error():
+            run._lock.acquire()
+            existing = [n for n in RUN_FILES if (run_dir / n).exists()]
+            if existing and not overwrite:
+                resumable = (run_dir / "last.npz").exists()
+                raise RunError(
+                    f"{run_dir} already holds a run ({', '.join(existing)}): "
+                    + (f"continue it with --resume {run_dir}, or " if resumable else "")
+                    + "replace it with --overwrite"
+                )
+            for name in RUN_FILES + OTHER_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            _files.remove_stale_temporaries(run_dir, RUN_FILES)
+            run.write_config()
+        return run
+
+    @classmethod
+    def resume(
+        cls,
+        run_dir: Path,
+        *,
+        settings: dict[str, Any] | None = None,
+        device: str = "cpu",
+        tf32: bool = False,
+        reporter: Reporter | None = None,
+    ) -> Run:
+        """The run saved in ``run_dir`` (its config.json and last.npz), ready to go on.
+        ``settings`` (Config fields given again) must agree with the run's own, except
+        --epochs and --iters, which extend or shorten it (noted in config.json)."""
+        cfg, notes = read_config(run_dir)
+        changes = changed_settings(cfg, settings or {})
+        run = cls(
+            apply_changes(cfg, changes),
+            run_dir,
+            load_run_data(cfg),
+            device=device,
+            tf32=tf32,
+            reporter=reporter,
+        )
+        with run._closed_on_error():
+            run._lock.acquire()
+            run.restore(run_dir / "last.npz")
+            run.reporter.say(f"resumed {run_dir} at epoch {run.prog.epoch}, step {run.prog.step}")
+            _files.remove_stale_temporaries(run_dir, RUN_FILES)
+            run.notes = notes + [
+                f"resumed at step {run.prog.step} with {flag(k)} {new} (was {old})"
+                for k, (old, new) in changes.items()
+            ]
+            if changes:
+                run.write_config()
+        return run
+
+    def _closed_on_error(self) -> _CloseOnError:
+        return _CloseOnError(self)
+
+    def write_config(self) -> None:
+        saved: dict[str, Any] = asdict(self.cfg)
+        if self.notes:
+            saved["notes"] = self.notes
+        _files.write_text(self.run_dir / "config.json", json.dumps(saved, indent=2) + "\n")
+
+    # ---- sizes ---------------------------------------------------------------------------------
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.train_x) / self.cfg.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        cfg = self.cfg
+        return cfg.iters if cfg.iters is not None else cfg.epochs * self.steps_per_epoch
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
+    def finished(self) -> bool:
+        return self.prog.step >= self.total_steps
+
+    # ---- training ------------------------------------------------------------------------------
+
+    @property
+    def stepper(self) -> Stepper:
+        """Made on first use, after any restore, so the GPU starts from the restored state."""
+        if self._stepper is None:
+            self._stepper = make_stepper(
+                self.device,
+                self.model,
+                self.opt,
+                self.data.train_x,
+                self.data.train_y,
+                clip=self.cfg.clip,
+                max_loss=self.cfg.max_loss,
+                max_batch=self.cfg.batch_size,
+                tf32=self.tf32,
+                batch=self._batch if self.cfg.shift > 0 else None,
+            )
+        return self._stepper
+
+    def _batch(self, idx: Array) -> Array:
+        """A training batch with random shifts (--shift), as the task's sequences."""
+        # drawn from the seed and the step alone, so a resumed run draws the same shifts
+        rng = np.random.default_rng((self.cfg.seed, 1, self.prog.step))
+        task, shape = self.data.task, self.data.image_shape
+        images = task.images(self.data.train_x[idx], shape)
+        return task.sequences(imaging.random_shift(images, self.cfg.shift, rng))
+
+    def train(self, stop_requested: Callable[[], bool] = lambda: False) -> bool:
+        """Trains to the end; True when finished, False when ``stop_requested()`` said so
+        between two steps (last.npz then holds the state after that step)."""
+        while not self.finished:
+            if not self._train_epoch(stop_requested):
+                return False
+        return True
+
+    def _train_epoch(self, stop_requested: Callable[[], bool]) -> bool:
+        prog, reporter = self.prog, self.reporter
+        started = time.perf_counter()
+        batches = data.batches(len(self.data.train_x), self.cfg.batch_size, self.order)
+        reporter.start_epoch(prog.epoch + 1, self.epochs, len(batches), prog.epoch_pos)
+        try:
+            for idx in batches[prog.epoch_pos :]:
+                if self.finished:
+                    break
+                self._step(idx)
+                reporter.batch_done(prog)
+                if stop_requested():
+                    prog.seconds += time.perf_counter() - started
+                    self.stepper.sync()
+                    self.save(self.run_dir / "last.npz", self.order)
+                    return False
+        finally:
+            reporter.end_epoch()
+        prog.seconds += time.perf_counter() - started
+        self.stepper.sync()  # the host model and optimizer now hold the device's state
+        self._finish_epoch()
+        self.order = self.rng.permutation(len(self.data.train_x))
+        prog.epoch_pos = 0
+        self.save(self.run_dir / "last.npz", self.order)
+        return True
+
+    def _step(self, idx: Array) -> None:
+        prog = self.prog
+        lr = lr_for(self.cfg, prog.step, self.total_steps)
+        loss, correct, problem = self.stepper.step(idx, lr)
+        if problem is not None:
+            raise TrainingError(
+                f"step {prog.step + 1}: {problem}; training stopped "
+                f"(last.npz and best.npz hold the last good state)"
+            )
+        prog.step += 1
+        prog.epoch_pos += 1
+        prog.loss_sum += loss * len(idx)
+        prog.correct += correct
+        prog.seen += len(idx)
+
+    def _finish_epoch(self) -> None:
+        prog, val_x, val_y = self.prog, self.data.val_x, self.data.val_y
+        val_acc = float(np.mean(self.stepper.predict(val_x) == val_y)) if len(val_x) else math.nan
+        prog.epoch += 1
+        epoch_seconds = prog.seconds - (prog.history[-1]["seconds"] if prog.history else 0.0)
+        row = {
+            "epoch": prog.epoch,
+            "step": prog.step,
+            "train_loss": prog.loss_sum / max(prog.seen, 1),
+            "train_accuracy": prog.correct / max(prog.seen, 1),
+            "val_accuracy": val_acc,
+            "lr": self.opt.lr,
+            "seconds": prog.seconds,
+            "epoch_seconds": epoch_seconds,
+            "samples_per_s": prog.seen / max(epoch_seconds, 1e-9),
+        }
+        prog.history.append(row)
+        prog.loss_sum, prog.correct, prog.seen = 0.0, 0, 0
+        self.reporter.epoch_line(row)
+        is_best = len(val_x) == 0 or val_acc > prog.best_val
+        if is_best:
+            prog.best_val = val_acc
+            # best.npz first: if we die between the two writes, last.npz still points before
+            # this epoch
+            self.save(self.run_dir / "best.npz", np.zeros(0, np.int64))
+        self.write_metrics(prog.history)
+
+    # ---- state on disk -------------------------------------------------------------------------
+
+    def save(self, path: Path, order: Array) -> None:
+        """A checkpoint of the whole state; refused (TrainingError) for a non-finite model."""
+        for name, value in self.model.params.items():
+            if not np.all(np.isfinite(value)):
+                raise TrainingError(
+                    f"step {self.prog.step}: parameter {name} is not finite; not saving "
+                    f"{path.name} (the previous checkpoints are kept)"
+                )
+        meta = {
+            "config": asdict(self.cfg),
+            "progress": asdict(self.prog),
+            "rng": self.rng.bit_generator.state,
+            # the dropout masks' generator: a resumed run draws the masks it would have drawn
+            "dropout_rng": self.model.lstm.dropout_rng.bit_generator.state,
+            "model": self.model.config,
+        }
+        task_meta, task_arrays = task_record(self.data.task, self.data.image_shape)
+        meta["task"] = task_meta
+        arrays = {"epoch_order": order, **task_arrays}
+        checkpoint.save(path, self.model.params, self.opt.state_dict(), meta, arrays)
+
+    def restore(self, path: Path) -> None:
+        """Loads last.npz into model, optimizer, RNG and progress; nothing changes unless all
+        of it is valid."""
+        params, opt_state, meta, other = checkpoint.load(path)
+        # lstmcore 0.1 wrote one bias under other names: the same model under today's names
+        params, opt_state = upgrade_v01_params(params), upgrade_v01_optim_state(opt_state)
+        try:
+            prog = Progress(**meta["progress"])
+            rng_state = meta["rng"]
+            order = other["epoch_order"]
+        except (KeyError, TypeError) as err:
+            raise checkpoint.CheckpointError(f"{path}: incomplete metadata: {err}") from err
+        if len(order) != len(self.data.train_x):
+            raise checkpoint.CheckpointError(f"{path}: saved for another data set")
+        # 0.1 had no dropout, hence no dropout generator: keep the fresh one
+        dropout_state = meta.get("dropout_rng", self.model.lstm.dropout_rng.bit_generator.state)
+        for state in (rng_state, dropout_state):
+            trial = np.random.default_rng()
+            try:
+                trial.bit_generator.state = state
+            except (TypeError, ValueError, KeyError) as err:
+                raise checkpoint.CheckpointError(f"{path}: bad RNG state: {err}") from err
+        try:
+            self.opt.check_state(opt_state)
+        except ValueError as err:
+            raise checkpoint.CheckpointError(f"{path}: {err}") from err
+        checkpoint.assign_params(path, params, self.model.params)  # validates first
+        self.opt.load_state_dict(opt_state)
+        self.rng.bit_generator.state = rng_state
+        self.model.lstm.dropout_rng.bit_generator.state = dropout_state
+        self.prog, self.order = prog, order
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """metrics.jsonl, rewritten atomically from the history the checkpoint holds."""
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        _files.write_text(self.run_dir / "metrics.jsonl", text)
+
+    # ---- the result ----------------------------------------------------------------------------
+
+    def test(self) -> TestResult:
+        """The best model's (best.npz) accuracy on the test set; writes the final metrics row
+        and curves.png."""
+        best = self.run_dir / "best.npz"
+        if best.is_file():
+            params, _, _, _ = checkpoint.load(best)
+            checkpoint.assign_params(best, upgrade_v01_params(params), self.model.params)
+        predicted = self.model.predict(self.data.test_x)
+        correct = int((predicted == self.data.test_y).sum())
+        total = len(self.data.test_y)
+        final = {
+            "test_accuracy": correct / max(total, 1),
+            "test_correct": correct,
+            "test_total": total,
+            "model": "best.npz",
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        self.write_metrics([*self.prog.history, final])
+        plot_curves(self.run_dir, self.prog.history)
+        return TestResult(correct, total, predicted)
+
+    def report(self, result: TestResult) -> str:
+        """The confusion matrix (unless quiet) and the accuracy line, as printed."""
+        lines = []
+        if not self.reporter.quiet:
+            m = confusion_matrix(self.data.test_y, result.predicted, self.data.num_classes)
+            lines.append(format_confusion(m))
+        lines.append(accuracy_line(result.correct, result.total))
+        return "\n".join(lines)
+
+
+class _CloseOnError:
+    """Releases the run's lock when setting the run up fails half-way."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:
+            self.run.close()
+
+
+def read_config(run_dir: Path) -> tuple[Config, list[str]]:
+    """The run's Config and the notes of earlier resumes that changed it."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        notes = saved.pop("notes", [])
+        if not isinstance(notes, list):
+            raise TypeError("notes is not a list")
+        return Config(**saved), [str(n) for n in notes]
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError) as err:
+        raise checkpoint.CheckpointError(f"{run_dir}/config.json: cannot resume: {err}") from err
+
+
+def changed_settings(cfg: Config, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved, given)} for the settings that differ from the run's; ConfigError for
+    one that a resume may not change, naming its flag."""
+    changes = {}
+    for name, given in sorted(settings.items()):
+        saved = getattr(cfg, name)
+        if given == saved:
+            continue
+        if name not in EXTENDABLE:
+            raise ConfigError(
+                f"{flag(name)} {given}: the run has {flag(name)} {saved}, and a resumed run "
+                "keeps its settings (only --epochs and --iters may change; start a new run "
+                "with --out for other settings)"
+            )
+        changes[name] = (saved, given)
+    if "epochs" in changes and "iters" not in settings and cfg.iters is not None:
+        changes["iters"] = (cfg.iters, None)  # --epochs given: the run now counts epochs
+    return changes
+
+
+def apply_changes(cfg: Config, changes: dict[str, tuple[Any, Any]]) -> Config:
+    return Config(**{**asdict(cfg), **{k: new for k, (_, new) in changes.items()}})
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """curves.png (loss and accuracy per epoch) when matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="train loss", yscale="log")
+    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], marker="o", label="train")
+    ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in history], marker="o", label="val")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(fig)
