@@ -1,10 +1,10 @@
 // lstm_cpu.cpp: CPU forward/backward of the single-layer LSTM (the driver; the per-step math
 // lives in the ISA kernels of kernels/, the threads in pool.cpp).
 //
-// forward: one GEMM (OpenBLAS) for the input projection of all T steps; W_hh packed once per
-// call into gate-interleaved panels; per step one fused kernel call that accumulates
-// h_{t-1} W_hh^T onto the step's projection in registers and applies the cell on the tile, so
-// the (B, 4H) pre-activations never make a round trip through memory.
+// forward: [W_ih | W_hh] packed once per call into gate-interleaved panels; per step one fused
+// kernel call that accumulates b + x_t W_ih^T + h_{t-1} W_hh^T in registers and applies the
+// cell on the tile, so neither the input projection nor the (B, 4H) pre-activations make a
+// round trip through memory (inference writes only h and c).
 // backward: W_hh packed into column panels; per step (last first) one fused kernel call that
 // computes dh_t = dgates_{t+1} W_hh + dy_t tile by tile and applies the cell backward on it,
 // writing dgates_t; after the loop dW_ih, dW_hh and dx as GEMMs over all rows (OpenBLAS, split
@@ -91,18 +91,33 @@ const kern::Ops<float>& ops_of<float>(const kern::Table& t) { return t.f32; }
 template <>
 const kern::Ops<double>& ops_of<double>(const kern::Table& t) { return t.f64; }
 
-// 64-byte aligned scratch for the packed weights, made once per call (never per step)
-template <typename S>
-struct Packed {
+// 64-byte aligned scratch for the packed weights, kept per calling thread and grown when a
+// call needs more (never inside the step loop): a fresh buffer per call cost its page faults
+// every call (clear_page was 6% of a training step at H=512, 8 MB of packed weights)
+class Scratch {
+ public:
+  void* get(std::size_t bytes) {
+    if (bytes > size_) {
+      buf_.reset(static_cast<unsigned char*>(::operator new[](bytes, std::align_val_t(64))));
+      size_ = bytes;
+    }
+    return buf_.get();
+  }
+
+ private:
   struct Free {
-    void operator()(S* p) const { ::operator delete[](p, std::align_val_t(64)); }
+    void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(64)); }
   };
-  std::unique_ptr<S[], Free> buf;
-  explicit Packed(i64 n)
-      : buf(static_cast<S*>(::operator new[](sizeof(S) * static_cast<std::size_t>(std::max<i64>(n, 1)),
-                                             std::align_val_t(64)))) {}
-  S* get() const { return buf.get(); }
+  std::unique_ptr<unsigned char[], Free> buf_;
+  std::size_t size_ = 0;
 };
+
+template <typename S>
+S* scratch(int which, i64 elements) {
+  thread_local Scratch buffers[2];  // [forward packing, backward packing]
+  const std::size_t bytes = sizeof(S) * static_cast<std::size_t>(std::max<i64>(elements, 1));
+  return static_cast<S*>(buffers[which].get(bytes));
+}
 
 // Rows that run at time t: all B, or the first batch_sizes[t] (rows are sorted by length).
 i64 active_rows(const i64* batch_sizes, const Dims& d, i64 t) {
@@ -258,8 +273,8 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
   // [W_ih | W_hh] packed per call (tens of microseconds; it can never go stale): the kernel
   // computes b + x_t W_ih^T + h_{t-1} W_hh^T in one register tile, so there is no separate
   // input-projection GEMM and no (T, B, 4H) pre-activation buffer to write and read back
-  Packed<S> packed(K.fwd_packed_size(d.I, H));
-  K.pack_fwd(packed.get(), w_ih, w_hh, d.I, H);
+  S* const packed = scratch<S>(0, K.fwd_packed_size(d.I, H));
+  K.pack_fwd(packed, w_ih, w_hh, d.I, H);
   const i64 nblk = (H + K.fwd_units - 1) / K.fwd_units;
   const Tuner::Key key{cache.tanh_c != nullptr ? 0 : 1, static_cast<int>(sizeof(S)),
                        get_num_threads(), B, d.I, H};
@@ -276,7 +291,7 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
     const i64 prev = prev_slot(t, reverse) * BH, next = next_slot(t, reverse) * BH;
     if (n > r0) {
       const bool train = cache.tanh_c != nullptr;
-      const kern::FwdStep<S> a{packed.get(),
+      const kern::FwdStep<S> a{packed,
                                x + t * B * d.I,
                                cache.h_all + prev,
                                cache.c_all + prev,
@@ -410,8 +425,8 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
   copy_or_zero(grads.dh0, dh_n, BH);
   copy_or_zero(grads.dc0, dc_n, BH);
   if (d.T > 0 && BH > 0) {
-    Packed<S> packed(K.bwd_packed_size(H));
-    K.pack_bwd(packed.get(), w_hh, H);
+    S* const packed = scratch<S>(1, K.bwd_packed_size(H));
+    K.pack_bwd(packed, w_hh, H);
     const i64 npan = (H + K.bwd_units - 1) / K.bwd_units;
     const Tuner::Key key{2, static_cast<int>(sizeof(S)), get_num_threads(), B, d.I, H};
     int slot = -1;
@@ -435,7 +450,7 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
         n_prev = std::min(r1, active_rows(batch_sizes, d, tp));
       }
       if (n > r0) {
-        const kern::BwdStep<S> a{packed.get(),
+        const kern::BwdStep<S> a{packed,
                                  dg_prev,
                                  n_prev,
                                  dh_n,
@@ -453,7 +468,7 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
       // every row still active): dh0 = dgates_prev W_hh
       auto flush = [&](const S* dg, i64 f0, i64 f1) {
         if (f1 <= f0) return;
-        const kern::BwdStep<S> a{packed.get(), dg,      f1,     nullptr, nullptr, nullptr,
+        const kern::BwdStep<S> a{packed, dg,      f1,     nullptr, nullptr, nullptr,
                                  nullptr,      nullptr, nullptr, nullptr, grads.dh0, H};
         K.bwd_step(a, f0, f1, p0, p1);
       };
@@ -464,7 +479,7 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
       const i64 t = time_at(0, d, reverse);
       const i64 n = std::min(r1, active_rows(batch_sizes, d, t));
       if (n <= r0) return;
-      const kern::BwdStep<S> a{packed.get(), dgates + t * B * G, n, nullptr, nullptr, nullptr,
+      const kern::BwdStep<S> a{packed, dgates + t * B * G, n, nullptr, nullptr, nullptr,
                                nullptr, nullptr, nullptr, nullptr, grads.dh0, H};
       K.bwd_step(a, r0, n, p0, p1);
     };

@@ -130,6 +130,10 @@ class Pool {
       // starts running only after the publication must still see that job as new
       const std::uint32_t seen = start.word.load(std::memory_order_relaxed);
       threads.emplace_back([this, tid, seen] { worker(tid, seen); });
+#if defined(__linux__)
+      // a name tools (and tests/test_pool.py) can find the workers by
+      pthread_setname_np(threads.back().native_handle(), "lstmcore-pool");
+#endif
       // the pool lives for the process (and is abandoned, not destroyed, in a fork child)
       threads.back().detach();
     }
