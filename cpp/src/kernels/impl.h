@@ -157,20 +157,32 @@ template <typename S>
 void pack_fwd(S* packed, const S* w_ih, const S* w_hh, i64 I, i64 H) {
   constexpr int U = VT<S>::N;
   const i64 nblk = (H + U - 1) / U, K = I + H;
+  // writes in order (k, gate, unit): the reads walk 4U rows of the weights side by side, a few
+  // KB of lines that stay in L1, and the writes are contiguous. (The transposed order, one
+  // weight row at a time, wrote with a 4U-element stride: 80 us of a 130 us call at B=1.)
   for (i64 b = 0; b < nblk; ++b) {
     S* dst = packed + b * K * 4 * U;
+    const S* rows[4][U];
     for (int g = 0; g < 4; ++g) {
       for (int u = 0; u < U; ++u) {
         const i64 j = b * U + u;  // hidden unit; its weights are row g*H + j of w_ih and w_hh
-        S* col = dst + g * U + u;
-        if (j >= H) {
-          for (i64 k = 0; k < K; ++k) col[k * 4 * U] = S(0);
-          continue;
-        }
-        const S* wi = w_ih + (g * H + j) * I;
-        const S* wh = w_hh + (g * H + j) * H;
-        for (i64 k = 0; k < I; ++k) col[k * 4 * U] = wi[k];
-        for (i64 k = 0; k < H; ++k) col[(I + k) * 4 * U] = wh[k];
+        rows[g][u] = j < H ? w_ih + (g * H + j) * I : nullptr;
+      }
+    }
+    for (i64 k = 0; k < I; ++k, dst += 4 * U) {
+      for (int g = 0; g < 4; ++g) {
+        for (int u = 0; u < U; ++u) dst[g * U + u] = rows[g][u] != nullptr ? rows[g][u][k] : S(0);
+      }
+    }
+    for (int g = 0; g < 4; ++g) {
+      for (int u = 0; u < U; ++u) {
+        const i64 j = b * U + u;
+        rows[g][u] = j < H ? w_hh + (g * H + j) * H : nullptr;
+      }
+    }
+    for (i64 k = 0; k < H; ++k, dst += 4 * U) {
+      for (int g = 0; g < 4; ++g) {
+        for (int u = 0; u < U; ++u) dst[g * U + u] = rows[g][u] != nullptr ? rows[g][u][k] : S(0);
       }
     }
   }
