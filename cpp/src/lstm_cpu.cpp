@@ -172,11 +172,12 @@ void tile_range(i64 n, i64 tile, int parts, int k, i64* begin, i64* end) {
 }
 
 // Schedules chosen by timing (as DeepCPU does): where the shape rule offers a multi-thread
-// split, the first calls of each shape alternate it with one thread, three times each, and
-// later calls keep the faster (least of its three times per step). Both give bit-identical
+// split, the first calls of each shape alternate it with one thread, four times each, and
+// later calls keep the faster (least of its four times per step). Both give bit-identical
 // results (every element is computed the same way whatever the split), so the choice never
 // changes an answer, only the speed: two threads are never kept where they lose, e.g. a
-// barrier per step on a machine whose other core is busy.
+// barrier per step on a machine whose other core is busy. Every 500 calls of a shape the
+// choice is measured again (four trials each), as the machine's load changes.
 class Tuner {
  public:
   struct Key {
@@ -195,7 +196,11 @@ class Tuner {
     if (rule.split == Split::kSolo) return rule;
     std::lock_guard<std::mutex> lock(mutex_);
     Entry& e = table_[key];
-    if (e.trials >= 2 * kTrials) return e.best[0] <= e.best[1] ? rule : Plan{};
+    if (e.trials >= 2 * kTrials) {
+      // the load of the machine changes: measure again now and then
+      if (++e.kept < kRetune) return e.best[0] <= e.best[1] ? rule : Plan{};
+      e = Entry{};
+    }
     *slot = e.trials % 2;
     return *slot == 0 ? rule : Plan{};
   }
@@ -209,10 +214,12 @@ class Tuner {
   }
 
  private:
-  static constexpr int kTrials = 3;
+  static constexpr int kTrials = 4;
+  static constexpr int kRetune = 500;  // calls kept between measurements
   struct Entry {
     double best[2] = {1e300, 1e300};  // [rule's split, one thread]
     int trials = 0;
+    int kept = 0;
   };
   std::mutex mutex_;
   std::map<Key, Entry> table_;
