@@ -264,6 +264,7 @@ class LSTM:
                     need_y=need_y or not top,
                     reverse=d == 1,
                     lengths=lengths,
+                    for_backward=for_backward,
                 )
                 outs.append(y_d)
                 h_n.append(h_d)
