@@ -37,6 +37,7 @@ struct ForwardContext {
   Dims dims;
   py::dtype dtype;
   bool reverse = false;
+  bool has_cache = true;  // false after a forward with need_cache=False: no backward from it
   std::vector<std::int64_t> batch_sizes;  // (T,), or empty: every row runs every step
   py::array x, w_ih, w_hh;
   py::array gates, h_all, c_all, tanh_c;
@@ -81,7 +82,7 @@ template <typename S>
 py::tuple forward_impl(const py::object& x, const py::object& h0, const py::object& c0,
                        const py::object& w_ih, const py::object& w_hh, const py::object& bias,
                        const py::dtype& dt, const py::object& reuse, bool need_y, bool reverse,
-                       const py::object& batch_sizes_obj) {
+                       const py::object& batch_sizes_obj, bool need_cache) {
   // every argument is checked before a reused context is touched
   const auto args = forward_args<S>(x, h0, c0, w_ih, w_hh, bias, dt);
   const Dims& d = args.d;
@@ -93,14 +94,16 @@ py::tuple forward_impl(const py::object& x, const py::object& h0, const py::obje
   ctx.w_ih = args.w_ih;
   ctx.w_hh = args.w_hh;
   ctx.reverse = reverse;
+  ctx.has_cache = need_cache;
   ctx.batch_sizes = std::move(batch_sizes);
   py::array y;  // a placeholder (never written) when y is not wanted
   if (need_y) y = empty({d.T, d.B, d.H}, dt);
   py::array h_n = empty({d.B, d.H}, dt);
   py::array c_n = empty({d.B, d.H}, dt);
 
+  // inference (need_cache=False): the core writes only the states, never the gates
   const lstmcore::LstmCache<S> cache{mut<S>(ctx.gates), mut<S>(ctx.h_all), mut<S>(ctx.c_all),
-                                     mut<S>(ctx.tanh_c)};
+                                     need_cache ? mut<S>(ctx.tanh_c) : nullptr};
   const S* xp = static_cast<const S*>(args.x.data());
   const S* w_ihp = static_cast<const S*>(args.w_ih.data());
   const S* w_hhp = static_cast<const S*>(args.w_hh.data());
@@ -128,19 +131,24 @@ py::tuple forward_impl(const py::object& x, const py::object& h0, const py::obje
 py::tuple forward(const py::object& x, const py::object& h0, const py::object& c0,
                   const py::object& w_ih, const py::object& w_hh, const py::object& bias,
                   const py::object& reuse, bool need_y, bool reverse,
-                  const py::object& batch_sizes) {
+                  const py::object& batch_sizes, bool need_cache) {
   const py::dtype dt = float_dtype_of(x);
   if (is_float32(dt)) {
     return forward_impl<float>(x, h0, c0, w_ih, w_hh, bias, dt, reuse, need_y, reverse,
-                               batch_sizes);
+                               batch_sizes, need_cache);
   }
   return forward_impl<double>(x, h0, c0, w_ih, w_hh, bias, dt, reuse, need_y, reverse,
-                              batch_sizes);
+                              batch_sizes, need_cache);
 }
 
 template <typename S>
 py::tuple backward_impl(ForwardContext& ctx, const py::object& dy_obj,
                         const py::object& dh_n_obj, const py::object& dc_n_obj, bool need_dx) {
+  if (!ctx.has_cache) {
+    throw std::invalid_argument(
+        "ctx: comes from a forward pass with need_cache=False (inference): nothing was kept "
+        "for backward");
+  }
   const Dims& d = ctx.dims;
   const py::dtype& dt = ctx.dtype;
   const std::int64_t G = 4 * d.H;
@@ -247,11 +255,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("bias"), py::arg("reuse") = py::none(),
         py::arg("need_y") = true, py::arg("reverse") = false,
-        py::arg("batch_sizes") = py::none(),
+        py::arg("batch_sizes") = py::none(), py::arg("need_cache") = true,
         "forward(x, h0, c0, w_ih, w_hh, bias, reuse=None, need_y=True, reverse=False,\n"
-        "batch_sizes=None) -> (y, h_n, c_n, ctx); h0/c0 may be None; reuse: an earlier ctx of\n"
-        "the same shapes to overwrite; batch_sizes: (T,) int64 rows active per step (rows\n"
-        "sorted by length, longest first)");
+        "batch_sizes=None, need_cache=True) -> (y, h_n, c_n, ctx); h0/c0 may be None; reuse:\n"
+        "an earlier ctx of the same shapes to overwrite; batch_sizes: (T,) int64 rows active\n"
+        "per step (rows sorted by length, longest first); need_cache=False: inference, nothing\n"
+        "kept for backward (ctx then refuses backward)");
   m.def("backward", &backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         py::arg("need_dx") = true,
         "backward(ctx, dy, dh_n, dc_n, need_dx=True) -> (dx, dh0, dc0, dw_ih, dw_hh, dbias)");
@@ -267,6 +276,18 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &lstmcore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &lstmcore::get_num_threads);
   m.def("blas_core_name", &lstmcore::blas_core_name);
+  m.def("isa", &lstmcore::isa, "the recurrent kernels' ISA path: avx512, avx2 or generic");
+  m.def(
+      "set_isa", [](const std::string& name) { lstmcore::set_isa(name.c_str()); },
+      py::arg("name"), "switch the ISA path (ValueError if unknown or unsupported here)");
+  m.def(
+      "isa_supported",
+      [](const std::string& name) {
+        const char* why = nullptr;
+        const bool ok = lstmcore::isa_supported(name.c_str(), &why);
+        return py::make_tuple(ok, ok ? std::string() : std::string(why));
+      },
+      py::arg("name"), "(True, '') if this CPU runs the path, else (False, why not)");
   m.def(
       "time_sgemm",
       [](int n, int repeats) {

@@ -5,12 +5,14 @@
 // process, used by one call at a time; the trainer owns its own.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <memory>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "boundary.h"
@@ -240,15 +242,45 @@ py::array_t<T> require_exact(const py::object& obj, const char* name, const Shap
   return py::reinterpret_borrow<py::array_t<T>>(require(obj, name, shape, py::dtype::of<T>()));
 }
 
+std::vector<ParamSlot> to_layout(const std::vector<std::pair<std::string, std::int64_t>>& slots) {
+  std::vector<ParamSlot> out;
+  out.reserve(slots.size());
+  for (const auto& [name, size] : slots) out.push_back(ParamSlot{name, size});
+  return out;
+}
+
+py::list from_layout(const std::vector<ParamSlot>& layout) {
+  py::list out;
+  for (const ParamSlot& slot : layout) out.append(py::make_tuple(slot.name, slot.size));
+  return out;
+}
+
 }  // namespace
 
 void bind_trainer(py::module_& m) {
+  // host-only: usable (and tested) without a GPU
+  m.def(
+      "param_layout",
+      [](std::int64_t input_size, std::int64_t hidden, std::int64_t classes) {
+        return from_layout(param_layout(input_size, hidden, classes));
+      },
+      py::arg("input_size"), py::arg("hidden"), py::arg("classes"),
+      "the trainer's flat parameter layout: [(name, size), ...] in order");
+  m.def(
+      "check_layout",
+      [](const std::vector<std::pair<std::string, std::int64_t>>& layout,
+         std::int64_t input_size, std::int64_t hidden, std::int64_t classes) {
+        check_layout(to_layout(layout), param_layout(input_size, hidden, classes));
+      },
+      py::arg("layout"), py::arg("input_size"), py::arg("hidden"), py::arg("classes"),
+      "ValueError naming the first slot where layout differs from the trainer's");
   py::class_<Trainer>(m, "Trainer", "Device-resident training of the sequence classifier.")
       .def(py::init([](const py::object& images, const py::object& labels,
-                       const py::object& params, std::int64_t hidden, std::int64_t classes,
-                       std::int64_t max_batch, const std::string& optimizer, float momentum,
-                       float weight_decay, float beta1, float beta2, float eps, float clip,
-                       bool tf32) {
+                       const py::object& params,
+                       const std::vector<std::pair<std::string, std::int64_t>>& layout,
+                       std::int64_t hidden, std::int64_t classes, std::int64_t max_batch,
+                       const std::string& optimizer, float momentum, float weight_decay,
+                       float beta1, float beta2, float eps, float clip, bool tf32) {
              if (!py::isinstance<py::array>(images) ||
                  py::reinterpret_borrow<py::array>(images).ndim() != 3) {
                throw std::invalid_argument("images: expected (N, T, I) float32, got " +
@@ -270,8 +302,10 @@ void bind_trainer(py::module_& m) {
              cfg.eps = eps;
              cfg.clip = clip;
              cfg.tf32 = tf32;
-             const std::int64_t P = 4 * hidden * (cfg.input_size + hidden + 1) +
-                                    classes * (hidden + 1);
+             std::int64_t P = 0;
+             for (const ParamSlot& slot : param_layout(cfg.input_size, hidden, classes)) {
+               P += slot.size;
+             }
              auto im_ok = require_exact<float>(images, "images",
                                                {count, cfg.steps, cfg.input_size});
              auto lab_ok = require_exact<std::int32_t>(labels, "labels", {count});
@@ -283,17 +317,20 @@ void bind_trainer(py::module_& m) {
                                              " outside [0, classes)");
                }
              }
+             const std::vector<ParamSlot> slots = to_layout(layout);
              py::gil_scoped_release nogil;
-             return std::make_unique<Trainer>(cfg, im_ok.data(), lab, count, par_ok.data());
+             return std::make_unique<Trainer>(cfg, slots, im_ok.data(), lab, count,
+                                              par_ok.data());
            }),
-           py::arg("images"), py::arg("labels"), py::arg("params"), py::arg("hidden"),
+           py::arg("images"), py::arg("labels"), py::arg("params"), py::arg("layout"),
+           py::arg("hidden"),
            py::arg("classes"), py::arg("max_batch"), py::arg("optimizer"), py::arg("momentum"),
            py::arg("weight_decay"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
            py::arg("clip"), py::arg("tf32") = false)
       .def_property_readonly("param_count", &Trainer::param_count)
       .def(
-          "step",
-          [](Trainer& t, const py::object& indices, float lr) {
+          "compute",
+          [](Trainer& t, const py::object& indices) {
             if (!py::isinstance<py::array>(indices) ||
                 py::reinterpret_borrow<py::array>(indices).ndim() != 1) {
               throw std::invalid_argument("indices: expected (B,) int32, got " +
@@ -305,12 +342,19 @@ void bind_trainer(py::module_& m) {
             StepResult r;
             {
               py::gil_scoped_release nogil;
-              r = t.step(p, batch, lr);
+              r = t.compute(p, batch);
             }
-            return py::make_tuple(r.loss, r.correct, r.grad_norm, r.applied);
+            return py::make_tuple(r.loss, r.correct, r.grad_norm);
           },
-          py::arg("indices"), py::arg("lr"),
-          "one step; returns (mean loss, correct, grad norm, applied)")
+          py::arg("indices"),
+          "gradients of the batch; returns (mean loss, correct, grad norm); changes nothing")
+      .def(
+          "apply",
+          [](Trainer& t, float lr) {
+            py::gil_scoped_release nogil;
+            t.apply(lr);
+          },
+          py::arg("lr"), "the optimizer update from the last compute()'s gradients")
       .def(
           "predict",
           [](Trainer& t, const py::object& images) {

@@ -3,21 +3,12 @@
 #include <string>
 
 #include "check.h"
+#include "launch.h"
 #include "lstm_cuda.h"
 #include "lstmcore/cell.h"
 
 namespace lstmcore::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-int blocks_for(std::int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
-
-template <typename S>
-__global__ void fill_rows_kernel(S* out, const S* row, std::int64_t rows, std::int64_t cols) {
-  const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (k < rows * cols) out[k] = row[k % cols];
-}
 
 template <typename S>
 __global__ void forward_cells_kernel(S* gates_t, const S* c_prev, S* c_next, S* tanh_c,

@@ -5,15 +5,19 @@
 #include <string>
 
 #include "check.h"
+#include "launch.h"
 #include "train_cuda.h"
 
 namespace lstmcore::cuda {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kReduceThreads = 1024;
 
-int blocks_for(std::int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
+// out = a + b, n elements: the core takes torch's two biases as one, summed once per forward
+__global__ void add_kernel(float* out, const float* a, const float* b, std::int64_t n) {
+  const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k < n) out[k] = a[k] + b[k];
+}
 
 // x (T, B, I) time-major from the rows `idx` of images (N, T, I)
 __global__ void gather_kernel(float* x, const float* images, const std::int32_t* idx,
@@ -22,12 +26,6 @@ __global__ void gather_kernel(float* x, const float* images, const std::int32_t*
   if (k >= T * B * I) return;
   const std::int64_t t = k / (B * I), b = (k / I) % B, i = k % I;
   x[k] = images[(static_cast<std::int64_t>(idx[b]) * T + t) * I + i];
-}
-
-__global__ void fill_rows_kernel(float* out, const float* row, std::int64_t rows,
-                                 std::int64_t cols) {
-  const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (k < rows * cols) out[k] = row[k % cols];
 }
 
 // per row: stable log-softmax loss, correctness, and d(mean loss)/d(logits)
@@ -93,14 +91,12 @@ struct UpdateArgs {
   int first;  // SGD: the first step sets the momentum buffer to the gradient
 };
 
-// torch's rules (see lstmcore.optim); skips everything when the step was not finite
+// torch's rules (see lstmcore.optim); the caller has already decided that the step is applied
 __global__ void update_kernel(float* p, float* m, float* v, const float* grad,
                               const double* stats, std::int64_t P, UpdateArgs a) {
   const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= P) return;
-  const double sumsq = stats[0];
-  if (!isfinite(sumsq) || !isfinite(stats[1])) return;
-  const double norm = sqrt(sumsq);
+  const double norm = sqrt(stats[0]);
   float g = grad[k];
   if (a.clip > 0.0f) {
     const double coef = a.clip / (norm + 1e-6);
@@ -149,15 +145,57 @@ __global__ void argmax_kernel(std::int32_t* out, const float* logits, std::int64
   out[b] = arg;
 }
 
+// where `name` starts in the flat buffer laid out as `layout`
+std::int64_t offset_of(const std::vector<ParamSlot>& layout, const std::string& name) {
+  std::int64_t offset = 0;
+  for (const ParamSlot& slot : layout) {
+    if (slot.name == name) return offset;
+    offset += slot.size;
+  }
+  throw std::logic_error("param_layout has no " + name);
+}
+
 }  // namespace
+
+std::vector<ParamSlot> param_layout(std::int64_t input_size, std::int64_t hidden,
+                                    std::int64_t classes) {
+  const std::int64_t H = hidden, I = input_size, C = classes;
+  return {{"lstm.weight_ih_l0", 4 * H * I},
+          {"lstm.weight_hh_l0", 4 * H * H},
+          {"lstm.bias_ih_l0", 4 * H},
+          {"lstm.bias_hh_l0", 4 * H},
+          {"head.weight", C * H},
+          {"head.bias", C}};
+}
+
+void check_layout(const std::vector<ParamSlot>& given, const std::vector<ParamSlot>& expected) {
+  const auto describe = [](const ParamSlot& s) {
+    return s.name + " (" + std::to_string(s.size) + " values)";
+  };
+  const std::size_t n = std::min(given.size(), expected.size());
+  for (std::size_t k = 0; k < n; ++k) {
+    if (given[k].name != expected[k].name || given[k].size != expected[k].size) {
+      throw std::invalid_argument("parameter layout: slot " + std::to_string(k) + " is " +
+                                  describe(given[k]) + ", the trainer expects " +
+                                  describe(expected[k]));
+    }
+  }
+  if (given.size() != expected.size()) {
+    throw std::invalid_argument("parameter layout: " + std::to_string(given.size()) +
+                                " parameters, the trainer expects " +
+                                std::to_string(expected.size()));
+  }
+}
 
 struct Trainer::Impl {
   TrainerConfig cfg;
   Context ctx;
   std::int64_t count = 0, P = 0, step = 0;
-  // offsets into the flat parameter buffer
-  std::int64_t o_w_ih = 0, o_w_hh = 0, o_bias = 0, o_head_w = 0, o_head_b = 0;
+  std::int64_t last_batch = 0;  // of the last compute(); 0: nothing to apply
+  // offsets into the flat parameter buffer (from param_layout)
+  std::int64_t o_w_ih = 0, o_w_hh = 0, o_bias_ih = 0, o_bias_hh = 0, o_head_w = 0, o_head_b = 0;
   DeviceBuffer<float> images, params, grads, m, v;
+  DeviceBuffer<float> bias;  // (4H,) bias_ih + bias_hh, what the core reads
   DeviceBuffer<std::int32_t> labels, idx, predictions;
   DeviceBuffer<float> x, gates, h_all, c_all, tanh_c, dgates, logits, dlogits, dh_n, dh0, dc0;
   DeviceBuffer<float> row_loss, row_correct;
@@ -196,10 +234,13 @@ struct Trainer::Impl {
   void forward(std::int64_t batch) {
     const Dims d = dims(batch);
     const float* p = params.data();
-    lstm_forward<float>(ctx, cache(), x.data(), nullptr, nullptr, p + o_w_ih, p + o_w_hh,
-                        p + o_bias, d);
     const std::int64_t C = cfg.classes, H = cfg.hidden;
-    fill_rows_kernel<<<blocks_for(batch * C), kThreads, 0, ctx.stream()>>>(
+    add_kernel<<<blocks_for(4 * H), kThreads, 0, ctx.stream()>>>(bias.data(), p + o_bias_ih,
+                                                                 p + o_bias_hh, 4 * H);
+    CUDA_CHECK_LAUNCH();
+    lstm_forward<float>(ctx, cache(), x.data(), nullptr, nullptr, p + o_w_ih, p + o_w_hh,
+                        bias.data(), d);
+    fill_rows_kernel<float><<<blocks_for(batch * C), kThreads, 0, ctx.stream()>>>(
         logits.data(), p + o_head_b, batch, C);
     CUDA_CHECK_LAUNCH();
     const float* h_n = h_all.data() + cfg.steps * batch * H;
@@ -208,22 +249,28 @@ struct Trainer::Impl {
   }
 };
 
-Trainer::Trainer(const TrainerConfig& cfg, const float* images, const std::int32_t* labels,
-                 std::int64_t count, const float* params)
-    : impl_(std::make_unique<Impl>(cfg)) {
-  Impl& s = *impl_;
+Trainer::Trainer(const TrainerConfig& cfg, const std::vector<ParamSlot>& layout,
+                 const float* images, const std::int32_t* labels, std::int64_t count,
+                 const float* params) {
+  // checked before the device is touched: a wrong layout costs nothing
+  const std::vector<ParamSlot> expected = param_layout(cfg.input_size, cfg.hidden, cfg.classes);
+  check_layout(layout, expected);
   if (cfg.optimizer != "adam" && cfg.optimizer != "adamw" && cfg.optimizer != "sgd") {
     throw std::invalid_argument("optimizer: expected adam, adamw or sgd, got " + cfg.optimizer);
   }
   if (cfg.max_batch < 1 || count < 0) throw std::invalid_argument("max_batch must be >= 1");
+  impl_ = std::make_unique<Impl>(cfg);
+  Impl& s = *impl_;
   check_dims(s.dims(cfg.max_batch));
-  const std::int64_t H = cfg.hidden, I = cfg.input_size, C = cfg.classes;
-  s.o_w_ih = 0;
-  s.o_w_hh = s.o_w_ih + 4 * H * I;
-  s.o_bias = s.o_w_hh + 4 * H * H;
-  s.o_head_w = s.o_bias + 4 * H;
-  s.o_head_b = s.o_head_w + C * H;
-  s.P = s.o_head_b + C;
+  const std::int64_t I = cfg.input_size;
+  s.o_w_ih = offset_of(expected, "lstm.weight_ih_l0");
+  s.o_w_hh = offset_of(expected, "lstm.weight_hh_l0");
+  s.o_bias_ih = offset_of(expected, "lstm.bias_ih_l0");
+  s.o_bias_hh = offset_of(expected, "lstm.bias_hh_l0");
+  s.o_head_w = offset_of(expected, "head.weight");
+  s.o_head_b = offset_of(expected, "head.bias");
+  s.P = 0;
+  for (const ParamSlot& slot : expected) s.P += slot.size;
   s.count = count;
   const auto P = static_cast<std::size_t>(s.P);
   cudaStream_t st = s.ctx.stream();
@@ -236,6 +283,7 @@ Trainer::Trainer(const TrainerConfig& cfg, const float* images, const std::int32
   CUDA_CHECK(cudaMemsetAsync(s.m.data(), 0, P * sizeof(float), st));
   CUDA_CHECK(cudaMemsetAsync(s.v.data(), 0, P * sizeof(float), st));
   s.stats.grow(3);
+  s.bias.grow(static_cast<std::size_t>(4 * cfg.hidden));
   s.size_batch_buffers(cfg.max_batch);
   s.ctx.synchronize();
 }
@@ -244,7 +292,7 @@ Trainer::~Trainer() = default;
 
 std::int64_t Trainer::param_count() const { return impl_->P; }
 
-StepResult Trainer::step(const std::int32_t* indices, std::int64_t batch, float lr) {
+StepResult Trainer::compute(const std::int32_t* indices, std::int64_t batch) {
   Impl& s = *impl_;
   if (batch < 1 || batch > s.cfg.max_batch) {
     throw std::invalid_argument("batch must be in [1, max_batch], got " + std::to_string(batch));
@@ -275,15 +323,35 @@ StepResult Trainer::step(const std::int32_t* indices, std::int64_t batch, float 
   gemm<float>(s.ctx, false, false, batch, H, C, 1.0f, s.dlogits.data(), C, p + s.o_head_w, H,
               0.0f, s.dh_n.data(), H);
   const LstmGrads<float> lg{nullptr, s.dh0.data(), s.dc0.data(), g + s.o_w_ih, g + s.o_w_hh,
-                            g + s.o_bias};
+                            g + s.o_bias_ih};
   const LstmConstCache<float> cc{s.gates.data(), s.h_all.data(), s.c_all.data(),
                                  s.tanh_c.data()};
   lstm_backward<float>(s.ctx, lg, s.dgates.data(), cc, s.x.data(), p + s.o_w_ih, p + s.o_w_hh,
                        nullptr, s.dh_n.data(), nullptr, s.dims(batch));
+  // the two biases enter as a sum: bias_hh's gradient is bias_ih's (as in torch)
+  CUDA_CHECK(cudaMemcpyAsync(g + s.o_bias_hh, g + s.o_bias_ih,
+                             static_cast<std::size_t>(4 * H) * sizeof(float),
+                             cudaMemcpyDeviceToDevice, st));
 
   reduce_stats_kernel<<<1, kReduceThreads, 0, st>>>(s.stats.data(), g, s.P, s.row_loss.data(),
                                                      s.row_correct.data(), batch);
   CUDA_CHECK_LAUNCH();
+  double stats[3] = {0.0, 0.0, 0.0};
+  s.stats.download(stats, 3, st);
+  s.ctx.synchronize();
+  s.last_batch = batch;
+  StepResult r;
+  r.grad_norm = std::sqrt(stats[0]);
+  r.loss = stats[1] / static_cast<double>(batch);
+  r.correct = static_cast<std::int64_t>(stats[2]);
+  return r;
+}
+
+void Trainer::apply(float lr) {
+  Impl& s = *impl_;
+  if (s.last_batch == 0) throw std::logic_error("Trainer.apply: no compute() to apply");
+  s.last_batch = 0;  // one update per computed gradient
+  cudaStream_t st = s.ctx.stream();
   const TrainerConfig& c = s.cfg;
   const std::int64_t t = s.step + 1;
   UpdateArgs a{};
@@ -300,18 +368,9 @@ StepResult Trainer::step(const std::int32_t* indices, std::int64_t batch, float 
   a.kind = c.optimizer == "sgd" ? 0 : (c.optimizer == "adamw" ? 2 : 1);
   a.first = s.step == 0 ? 1 : 0;
   update_kernel<<<blocks_for(s.P), kThreads, 0, st>>>(s.params.data(), s.m.data(), s.v.data(),
-                                                       g, s.stats.data(), s.P, a);
+                                                       s.grads.data(), s.stats.data(), s.P, a);
   CUDA_CHECK_LAUNCH();
-  double stats[3] = {0.0, 0.0, 0.0};
-  s.stats.download(stats, 3, st);
-  s.ctx.synchronize();
-  StepResult r;
-  r.grad_norm = std::sqrt(stats[0]);
-  r.loss = stats[1] / static_cast<double>(batch);
-  r.correct = static_cast<std::int64_t>(stats[2]);
-  r.applied = std::isfinite(stats[0]) && std::isfinite(stats[1]);
-  if (r.applied) s.step = t;
-  return r;
+  s.step = t;  // stream order: the next compute() sees the updated parameters
 }
 
 void Trainer::predict(const float* images, std::int64_t count, std::int32_t* out) {

@@ -90,3 +90,47 @@ def numeric_grad(f: Callable[[], float], arr: Array, eps: float = 1e-6) -> Array
         flat[k] = old
         out[k] = (up - down) / (2 * eps)
     return grad
+
+
+def make_stack_params(
+    rng: np.random.Generator,
+    inp: int,
+    hidden: int,
+    num_layers: int,
+    bidirectional: bool,
+    dtype: Any = np.float64,
+    scale: float = 1.0,
+) -> dict[str, Array]:
+    """torch.nn.LSTM's parameters under its state_dict names, uniform in +-scale/sqrt(H)."""
+    from lstmcore.reference import param_names
+
+    bound = scale / np.sqrt(hidden)
+    dirs = 2 if bidirectional else 1
+    shapes = {
+        "weight_ih": lambda layer: (4 * hidden, inp if layer == 0 else dirs * hidden),
+        "weight_hh": lambda layer: (4 * hidden, hidden),
+        "bias_ih": lambda layer: (4 * hidden,),
+        "bias_hh": lambda layer: (4 * hidden,),
+    }
+    out = {}
+    for name in param_names(num_layers, bidirectional):
+        kind, layer = name.split("_l")[0], int(name.split("_l")[1].split("_")[0])
+        out[name] = rng.uniform(-bound, bound, shapes[kind](layer)).astype(dtype)
+    return out
+
+
+def make_lengths(rng: np.random.Generator, kind: str, steps: int, batch: int) -> Array | None:
+    """``none``; ``equal`` (all T, given explicitly); ``mixed`` (random in [1, T], shuffled,
+    with T and 1 present when the batch allows); ``ones`` (all 1)."""
+    if kind == "none":
+        return None
+    if kind == "equal":
+        return np.full(batch, steps, dtype=np.int64)
+    if kind == "ones":
+        return np.ones(batch, dtype=np.int64)
+    assert kind == "mixed", kind
+    lengths = rng.integers(1, steps + 1, batch)
+    lengths[0] = steps  # the longest and the shortest both present, at random positions
+    if batch > 1:
+        lengths[1] = 1
+    return rng.permutation(lengths)

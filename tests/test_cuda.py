@@ -89,8 +89,9 @@ def cpu_and_gpu_runs(
                 optim.clip_grad_norm(model.grads, 1.0)
                 opt.step(model.grads)
             else:
-                loss, _, applied = session.step(idx, opt.lr)
-                assert applied
+                loss, _, grad_norm = session.compute(idx)
+                assert np.isfinite(loss) and np.isfinite(grad_norm)
+                session.apply(opt.lr)
             losses[k].append(loss)
         if session is not None:
             session.pull(model, opt)
@@ -114,3 +115,46 @@ def test_short_gpu_training_run_tracks_the_cpu_run() -> None:
     cpu_losses, gpu_losses, _, _ = cpu_and_gpu_runs("adam", 50)
     np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-2)
     assert np.mean(gpu_losses[-10:]) < np.mean(gpu_losses[:10])
+
+
+def cuda_module() -> Any:
+    """lstmcore._cuda where it was built and loads (no GPU needed), else skip saying why."""
+    import importlib
+
+    try:
+        return importlib.import_module("lstmcore._cuda")
+    except ImportError as err:
+        pytest.skip(f"lstmcore._cuda does not load here: {err}")
+
+
+def test_the_models_parameters_follow_the_trainers_layout() -> None:
+    """The host's parameters give exactly the trainer's flat layout (names and sizes, in order,
+    torch's two biases included): checked on the host, without a GPU, wherever _cuda loads (CI
+    builds it)."""
+    from lstmcore.cuda_train import param_layout
+
+    module = cuda_module()
+    model = SequenceClassifier(28, 16, 10)
+    layout = param_layout(model.params)
+    assert layout == module.param_layout(28, 16, 10)
+    module.check_layout(layout, 28, 16, 10)
+
+
+@pytest.mark.parametrize("change", ["reordered", "renamed", "resized", "missing", "extra"])
+def test_a_layout_that_differs_from_the_trainers_is_refused(change: str) -> None:
+    from lstmcore.cuda_train import param_layout
+
+    module = cuda_module()
+    layout = param_layout(SequenceClassifier(28, 16, 10).params)
+    if change == "reordered":
+        layout[0], layout[1] = layout[1], layout[0]
+    elif change == "renamed":
+        layout[2] = ("lstm.b", layout[2][1])
+    elif change == "resized":
+        layout[4] = (layout[4][0], layout[4][1] + 1)
+    elif change == "missing":
+        layout.pop()
+    else:
+        layout.append(("head.scale", 1))
+    with pytest.raises(ValueError, match="parameter layout: "):
+        module.check_layout(layout, 28, 16, 10)

@@ -284,8 +284,11 @@ def serve_bundled_mnist() -> list[str]:
     return list(data.MNIST_FILES)
 
 
-def test_load_mnist_downloads_missing_files_into_the_data_dir(server: str, tmp_path: Path) -> None:
-    """--data-dir DIR --download: the missing files are fetched into DIR itself."""
+def test_load_mnist_downloads_missing_files_into_the_data_dir(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--data-dir DIR --download: the missing files are fetched into DIR itself; --download
+    alone: into the cache directory."""
     bundled = serve_bundled_mnist()
     try:
         target = tmp_path / "mnist"
@@ -294,10 +297,13 @@ def test_load_mnist_downloads_missing_files_into_the_data_dir(server: str, tmp_p
         )
         assert got.train_images.shape == (60000, 28, 28)
         assert sorted(p.name for p in target.iterdir()) == sorted(f"{n}.gz" for n in bundled)
-        # a partial MNIST directory is completed in place
+        # a partial MNIST directory is completed in place; without a data dir, the cache
+        # directory ($LSTMCORE_DATA here) is the one completed
         (target / "t10k-labels-idx1-ubyte.gz").unlink()
-        data.load_mnist(target, download_missing=True, mirrors=[f"{server}/good/"])
+        monkeypatch.setenv("LSTMCORE_DATA", str(target))
+        got = data.load_mnist(None, download_missing=True, mirrors=[f"{server}/good/"])
         assert (target / "t10k-labels-idx1-ubyte.gz").is_file()
+        assert got.test_labels.shape == (10000,)
     finally:
         for n in bundled:
             SERVED["good"].pop(n)

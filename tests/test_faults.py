@@ -6,9 +6,11 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import os
 import random
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -82,6 +84,22 @@ def write_float_dataset(directory: Path, with_nan: bool) -> None:
             (directory / f"{name}.gz").write_bytes(gzip.compress(header + array.tobytes()))
 
 
+def write_uint8_dataset(directory: Path, n_train: int) -> Path:
+    """MNIST-format files of random 28x28 images, every class present."""
+    rng = np.random.default_rng(6)
+    directory.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", 50)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        for name, array in (
+            (f"{prefix}-images-idx3-ubyte", images),
+            (f"{prefix}-labels-idx1-ubyte", labels),
+        ):
+            header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+            (directory / f"{name}.gz").write_bytes(gzip.compress(header + array.tobytes(), 1))
+    return directory
+
+
 def train_on(directory: Path, run: Path) -> subprocess.CompletedProcess[str]:
     return cli(
         "--data-dir",
@@ -118,13 +136,24 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
     model = SequenceClassifier(hidden_size=16)
     chooser = random.Random(1234)
     kills, resumed_from = 0, []
-    args = [*SMALL, "--epochs", "100000"]  # never finishes within the test
+    # a small data set: the first checkpoint comes 0.7 s after start (2.1 s with the bundled
+    # MNIST, which is verified and decoded on every start), so the kills need shorter waits
+    data_dir = write_uint8_dataset(tmp_path / "data", n_train=500)
+    args = [
+        *SMALL[4:],  # the same model and batch size
+        "--data-dir",
+        str(data_dir),
+        "--val-size",
+        "100",
+        "--epochs",
+        "100000",  # never finishes within the test
+    ]
     while kills < 20:
         started = (run / "last.npz").exists()
         cmd = (
             ["--resume", str(run), "--threads", "1", "--quiet"]
             if started
-            else [*args, "--out", str(run)]
+            else [*args, "--out", str(run), "--overwrite"]  # killed before its first save
         )
         proc = subprocess.Popen(
             [sys.executable, "-m", "lstmcore.train", *cmd],
@@ -132,7 +161,7 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(chooser.uniform(1.0, 2.5))
+        time.sleep(chooser.uniform(0.4, 1.4))
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode in (-signal.SIGKILL, 0), err
@@ -252,3 +281,83 @@ def test_two_threads_training_two_models_match_sequential_training() -> None:
         assert seq.keys() == con.keys()
         for name in seq:
             np.testing.assert_array_equal(seq[name], con[name])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_run_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """Atomic writes create files as open() would (0666 less the umask), not mkstemp's 0600."""
+    from lstmcore import _files
+
+    old = os.umask(umask)
+    try:
+        _files.write_text(tmp_path / "config.json", "{}\n")
+        checkpoint.save(tmp_path / "last.npz", {"a": np.zeros(2)}, {}, {})
+    finally:
+        os.umask(old)
+    for name in ("config.json", "last.npz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+# ---- no non-finite model is ever written ------------------------------------------------------
+
+SMALL_RUN = {"train_subset": 600, "val_size": 200, "hidden": 16, "batch_size": 40}  # 15 steps
+
+
+def record_saves(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Every checkpoint the run writes, as (file name, parameters)."""
+    saved: list[tuple[str, dict[str, np.ndarray]]] = []
+    real_save = checkpoint.save
+
+    def recording_save(path: Any, params: dict[str, np.ndarray], *args: Any, **kw: Any) -> None:
+        saved.append((Path(path).name, {k: v.copy() for k, v in params.items()}))
+        real_save(path, params, *args, **kw)
+
+    monkeypatch.setattr(checkpoint, "save", recording_save)
+    return saved
+
+
+def test_a_run_that_saves_then_diverges_never_writes_a_non_finite_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Epoch 1 ends and saves; at step 20 a gradient turns NaN. The run stops naming that
+    step, and last.npz/best.npz still hold epoch 1's finite state."""
+    from lstmcore.run import Config, Run, TrainingError
+
+    saved = record_saves(monkeypatch)
+    real = SequenceClassifier.loss_and_grads
+    steps = 0
+
+    def nan_at_step_20(self: SequenceClassifier, images: Any, labels: Any) -> tuple[float, int]:
+        nonlocal steps
+        steps += 1
+        loss, correct = real(self, images, labels)
+        if steps == 20:
+            self.head.grads["bias"][3] = np.nan  # the loss itself stays finite
+        return loss, correct
+
+    monkeypatch.setattr(SequenceClassifier, "loss_and_grads", nan_at_step_20)
+    with Run.create(Config(**SMALL_RUN, epochs=3), tmp_path / "run") as run:
+        with pytest.raises(TrainingError, match=r"^step 20: gradient of head\.bias is not finite"):
+            run.train()
+    assert [name for name, _ in saved] == ["best.npz", "last.npz"]  # epoch 1 only
+    for _, params in saved:
+        assert all(np.all(np.isfinite(v)) for v in params.values())
+    model = SequenceClassifier(hidden_size=16)
+    for name in ("last.npz", "best.npz"):
+        meta = assert_complete(tmp_path / "run" / name, model)
+        assert meta["progress"]["step"] == 15
+
+
+def test_a_non_finite_model_is_refused_at_save(tmp_path: Path) -> None:
+    """The last guard: whatever let a NaN into the parameters, no checkpoint holds it, and the
+    previous one is kept."""
+    from lstmcore.run import Config, Run, TrainingError
+
+    with Run.create(Config(**SMALL_RUN), tmp_path / "run") as run:
+        path = tmp_path / "run" / "last.npz"
+        run.save(path, run.order)
+        before = path.read_bytes()
+        run.model.params["lstm.weight_hh_l0"][0, 0] = np.inf
+        with pytest.raises(TrainingError, match=r"parameter lstm\.weight_hh_l0 is not finite"):
+            run.save(path, run.order)
+    assert path.read_bytes() == before

@@ -236,3 +236,17 @@ def test_need_y_false_returns_no_y_and_the_same_state_and_gradients(
         ops.lstm_backward(ctx, *p.grads()), ops.lstm_backward(ctx2, *p.grads()), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_inference_keeps_nothing_and_gives_the_same_results(
+    rng: np.random.Generator, reverse: bool
+) -> None:
+    p = make_problem(rng, 6, 5, 3, 7, dtype=np.float32)
+    lengths = np.array([6, 3, 1, 5, 2])
+    trained = ops.lstm_forward(*p.inputs(), reverse=reverse, lengths=lengths)
+    inferred = ops.lstm_forward(*p.inputs(), reverse=reverse, lengths=lengths, for_backward=False)
+    for a, b in zip(trained[:3], inferred[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"ctx: .*need_cache=False"):
+        ops.lstm_backward(inferred[3], *p.grads())

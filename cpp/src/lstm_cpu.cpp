@@ -1,35 +1,49 @@
-// lstm_cpu.cpp: CPU forward/backward of the single-layer LSTM.
+// lstm_cpu.cpp: CPU forward/backward of the single-layer LSTM (the driver; the per-step math
+// lives in the ISA kernels of kernels/, the threads in pool.cpp).
 //
-// forward: one GEMM for the input projection of all T steps, then per step one recurrent GEMM
-// accumulated into that step's gate rows and one fused pass of cell math.
-// backward: per step (in reverse) one fused pass and one GEMM for dh_prev; after the loop one
-// GEMM each for dW_ih, dW_hh and dx over all T*B rows, and db as a sequential column sum.
+// forward: [W_ih | W_hh] packed once per call into gate-interleaved panels; per step one fused
+// kernel call that accumulates b + x_t W_ih^T + h_{t-1} W_hh^T in registers and applies the
+// cell on the tile, so neither the input projection nor the (B, 4H) pre-activations make a
+// round trip through memory (inference writes only h and c).
+// backward: W_hh packed into column panels; per step (last first) one fused kernel call that
+// computes dh_t = dgates_{t+1} W_hh + dy_t tile by tile and applies the cell backward on it,
+// writing dgates_t; after the loop dW_ih, dW_hh and dx as GEMMs over all rows (OpenBLAS, split
+// by output rows over the pool) and db as an ordered column sum.
 //
-// Threads: batch row b of every step depends only on row b of the step before (forward and
-// backward alike), so each thread takes a contiguous block of batch rows through the whole
-// recurrence with no synchronisation; the weight gradients are split by their output rows.
-// BLAS itself runs single-threaded inside each block. Each output element is computed by the
-// same sequence of operations whatever the thread count, up to the BLAS kernel's own blocking.
+// Threads (a persistent pool): batch row b of every step depends only on row b of the step
+// before, so with enough rows each thread owns a block of rows for the whole sequence and never
+// synchronises; with few rows (B = 1, 16) each thread owns blocks of hidden units (all four
+// gates of them, its slice of W_hh staying in its own cache) and the team meets at one barrier
+// per step. Where neither pays, one thread runs. Every output element is computed by the same
+// operations in the same order whatever the split, so results are bit-identical across thread
+// counts for the recurrence (the OpenBLAS GEMMs keep their own blocking).
 #include "lstmcore/lstm.h"
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <climits>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
-#include <exception>
 #include <thread>
-#include <vector>
 
 #include "blas.h"
-#include "lstmcore/cell.h"
+#include "kernels/kernels.h"
+#include "pool.h"
 
 namespace lstmcore {
 namespace {
 
-std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* what) {
-  std::int64_t r = 0;
+using i64 = std::int64_t;
+
+i64 checked_mul(i64 a, i64 b, const char* what) {
+  i64 r = 0;
   if (__builtin_mul_overflow(a, b, &r) || r > INT_MAX) {
     throw std::invalid_argument(std::string(what) +
                                 ": element count overflows the 32-bit sizes BLAS accepts");
@@ -38,8 +52,8 @@ std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* what) {
 }
 
 template <typename S>
-void copy_or_zero(S* dst, const S* src, std::int64_t n) {
-  if (n == 0) return;
+void copy_or_zero(S* dst, const S* src, i64 n) {
+  if (n <= 0) return;
   if (src != nullptr) {
     std::memcpy(dst, src, sizeof(S) * static_cast<std::size_t>(n));
   } else {
@@ -47,53 +61,9 @@ void copy_or_zero(S* dst, const S* src, std::int64_t n) {
   }
 }
 
-// one step of forward cell math: gates_t holds pre-activations on entry, post-activations on exit
 template <typename S>
-void forward_cells(S* __restrict__ gates_t, const S* __restrict__ c_prev, S* __restrict__ c_next,
-                   S* __restrict__ tanh_c, S* __restrict__ h_next, std::int64_t B,
-                   std::int64_t H) {
-  const std::int64_t G = 4 * H;
-  for (std::int64_t b = 0; b < B; ++b) {
-    S* gi = gates_t + b * G;  // row b: [i | f | g | o], H each
-    S* gf = gi + H;
-    S* gg = gi + 2 * H;
-    S* go = gi + 3 * H;
-    const std::int64_t r = b * H;
-    for (std::int64_t j = 0; j < H; ++j) {
-      const CellState<S> s = cell_forward(gi[j], gf[j], gg[j], go[j], c_prev[r + j]);
-      gi[j] = s.i;
-      gf[j] = s.f;
-      gg[j] = s.g;
-      go[j] = s.o;
-      c_next[r + j] = s.c;
-      tanh_c[r + j] = s.tanh_c;
-      h_next[r + j] = s.h;
-    }
-  }
-}
-
-// one step of backward cell math; dh holds the whole gradient reaching h_t (dy_t included),
-// dc holds dc_t on entry and dc_{t-1} on exit
-template <typename S>
-void backward_cells(S* __restrict__ dgates_t, const S* __restrict__ gates_t,
-                    const S* __restrict__ c_prev, const S* __restrict__ tanh_c,
-                    const S* __restrict__ dh, S* __restrict__ dc, std::int64_t B,
-                    std::int64_t H) {
-  const std::int64_t G = 4 * H;
-  for (std::int64_t b = 0; b < B; ++b) {
-    const S* gi = gates_t + b * G;
-    S* di = dgates_t + b * G;
-    const std::int64_t r = b * H;
-    for (std::int64_t j = 0; j < H; ++j) {
-      const CellGrad<S> d = cell_backward(gi[j], gi[H + j], gi[2 * H + j], gi[3 * H + j],
-                                          c_prev[r + j], tanh_c[r + j], dh[r + j], dc[r + j]);
-      di[j] = d.d_pre_i;
-      di[H + j] = d.d_pre_f;
-      di[2 * H + j] = d.d_pre_g;
-      di[3 * H + j] = d.d_pre_o;
-      dc[r + j] = d.dc_prev;
-    }
-  }
+void copy_rows(S* dst, const S* src, i64 n) {
+  if (n > 0) std::memcpy(dst, src, sizeof(S) * static_cast<std::size_t>(n));
 }
 
 std::atomic<int> g_threads{0};  // 0: not yet initialised
@@ -103,35 +73,166 @@ int default_threads() {
   return hc == 0 ? 1 : static_cast<int>(hc);
 }
 
-// Calls fn(begin, end) on contiguous blocks of [0, n), at most one block per thread and none
-// smaller than min_block; the calling thread takes the first block. Exceptions are rethrown.
+// Calls fn(begin, end) on contiguous blocks of [0, n) over the pool, at most one block per
+// thread and none smaller than min_block.
 template <typename Fn>
-void parallel_blocks(std::int64_t n, std::int64_t min_block, const Fn& fn) {
-  const std::int64_t most = std::max<std::int64_t>(1, n / std::max<std::int64_t>(1, min_block));
-  const std::int64_t parts = std::min<std::int64_t>(get_num_threads(), most);
-  if (parts <= 1) {
-    fn(std::int64_t{0}, n);
-    return;
-  }
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(parts));
-  auto run = [&](std::int64_t k) {
-    try {
-      fn(n * k / parts, n * (k + 1) / parts);
-    } catch (...) {
-      errors[static_cast<std::size_t>(k)] = std::current_exception();
-    }
-  };
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<std::size_t>(parts - 1));
-  for (std::int64_t k = 1; k < parts; ++k) workers.emplace_back(run, k);
-  run(0);
-  for (auto& w : workers) w.join();
-  for (auto& e : errors) {
-    if (e) std::rethrow_exception(e);
-  }
+void parallel_blocks(i64 n, i64 min_block, const Fn& fn) {
+  const i64 most = std::max<i64>(1, n / std::max<i64>(1, min_block));
+  const int parts = static_cast<int>(std::min<i64>(get_num_threads(), most));
+  pool::blocks(parts, n, fn);
 }
 
-constexpr std::int64_t kMinRows = 8;  // below this a thread costs more than it saves
+constexpr i64 kMinRows = 8;  // below this a thread costs more than it saves (BLAS work)
+
+template <typename S>
+const kern::Ops<S>& ops_of(const kern::Table& t);
+template <>
+const kern::Ops<float>& ops_of<float>(const kern::Table& t) { return t.f32; }
+template <>
+const kern::Ops<double>& ops_of<double>(const kern::Table& t) { return t.f64; }
+
+// 64-byte aligned scratch for the packed weights, kept per calling thread and grown when a
+// call needs more (never inside the step loop): a fresh buffer per call cost its page faults
+// every call (clear_page was 6% of a training step at H=512, 8 MB of packed weights)
+class Scratch {
+ public:
+  void* get(std::size_t bytes) {
+    if (bytes > size_) {
+      buf_.reset(static_cast<unsigned char*>(::operator new[](bytes, std::align_val_t(64))));
+      size_ = bytes;
+    }
+    return buf_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<unsigned char[], Free> buf_;
+  std::size_t size_ = 0;
+};
+
+template <typename S>
+S* scratch(int which, i64 elements) {
+  thread_local Scratch buffers[2];  // [forward packing, backward packing]
+  const std::size_t bytes = sizeof(S) * static_cast<std::size_t>(std::max<i64>(elements, 1));
+  return static_cast<S*>(buffers[which].get(bytes));
+}
+
+// Rows that run at time t: all B, or the first batch_sizes[t] (rows are sorted by length).
+i64 active_rows(const i64* batch_sizes, const Dims& d, i64 t) {
+  return batch_sizes != nullptr ? batch_sizes[t] : d.B;
+}
+
+// The time step processed `s`-th: forward 0, 1, ..; reverse T-1, T-2, ..
+i64 time_at(i64 s, const Dims& d, bool reverse) { return reverse ? d.T - 1 - s : s; }
+
+// The slots of h_all / c_all read (prev) and written (next) at time t (see lstm.h).
+i64 prev_slot(i64 t, bool reverse) { return reverse ? t + 1 : t; }
+i64 next_slot(i64 t, bool reverse) { return reverse ? t : t + 1; }
+
+// How the recurrence is shared out.
+enum class Split {
+  kSolo,   // one thread
+  kRows,   // each thread a block of batch rows for the whole sequence, no barrier
+  kUnits,  // each thread a range of unit blocks (panels), one barrier per step
+};
+
+struct Plan {
+  Split split = Split::kSolo;
+  int threads = 1;
+};
+
+// rows: batch rows; tile: rows per register tile; blocks: unit blocks (panels) of the kernel;
+// flops: one step's multiply-adds x2. Rows need a full tile per thread; units need a block per
+// thread and enough work per step to hide a barrier (about 1-2 us here, the measured cost of a
+// barrier on a loaded 2-core VM is well under that, but a step of B=1, H=128 takes ~1 us).
+Plan plan_for(i64 rows, i64 tile, i64 blocks, double flops) {
+  const int n = get_num_threads();
+  Plan p;
+  if (n <= 1 || rows == 0) return p;
+  if (rows >= 2 * tile * n) {
+    p.split = Split::kRows;
+    p.threads = static_cast<int>(std::min<i64>(n, rows / tile));
+    return p;
+  }
+  if (blocks >= 2 && flops >= 1.5e6) {
+    p.split = Split::kUnits;
+    p.threads = static_cast<int>(std::min<i64>(n, blocks));
+    return p;
+  }
+  return p;
+}
+
+// [begin, end) of part k of n items split into `parts`, each boundary a multiple of `tile`
+void tile_range(i64 n, i64 tile, int parts, int k, i64* begin, i64* end) {
+  const i64 tiles = (n + tile - 1) / tile;
+  *begin = std::min(n, tiles * k / parts * tile);
+  *end = std::min(n, tiles * (k + 1) / parts * tile);
+}
+
+// Schedules chosen by timing (as DeepCPU does): where the shape rule offers a multi-thread
+// split, the first calls of each shape alternate it with one thread, four times each, and
+// later calls keep the faster (least of its four times per step). Both give bit-identical
+// results (every element is computed the same way whatever the split), so the choice never
+// changes an answer, only the speed: two threads are never kept where they lose, e.g. a
+// barrier per step on a machine whose other core is busy. Every 500 calls of a shape the
+// choice is measured again (four trials each), as the machine's load changes.
+class Tuner {
+ public:
+  struct Key {
+    int kind;  // 0 forward (train), 1 forward (inference), 2 backward
+    int elem;  // sizeof(S)
+    int threads;
+    i64 B, I, H;
+    bool operator<(const Key& o) const {
+      return std::tie(kind, elem, threads, B, I, H) < std::tie(o.kind, o.elem, o.threads, o.B, o.I, o.H);
+    }
+  };
+
+  // the plan to run now, and the slot to report its time to (-1: nothing to report)
+  Plan pick(const Key& key, const Plan& rule, int* slot) {
+    *slot = -1;
+    if (rule.split == Split::kSolo) return rule;
+    std::lock_guard<std::mutex> lock(mutex_);
+    Entry& e = table_[key];
+    if (e.trials >= 2 * kTrials) {
+      // the load of the machine changes: measure again now and then
+      if (++e.kept < kRetune) return e.best[0] <= e.best[1] ? rule : Plan{};
+      e = Entry{};
+    }
+    *slot = e.trials % 2;
+    return *slot == 0 ? rule : Plan{};
+  }
+
+  void report(const Key& key, int slot, double seconds_per_step) {
+    if (slot < 0) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    Entry& e = table_[key];
+    e.best[slot] = std::min(e.best[slot], seconds_per_step);
+    ++e.trials;
+  }
+
+ private:
+  static constexpr int kTrials = 4;
+  static constexpr int kRetune = 500;  // calls kept between measurements
+  struct Entry {
+    double best[2] = {1e300, 1e300};  // [rule's split, one thread]
+    int trials = 0;
+    int kept = 0;
+  };
+  std::mutex mutex_;
+  std::map<Key, Entry> table_;
+};
+
+Tuner& tuner() {
+  static Tuner* t = new Tuner();  // NOLINT: lives for the process (used from any thread)
+  return *t;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 }  // namespace
 
@@ -141,8 +242,8 @@ void check_dims(const Dims& d) {
                                 " B=" + std::to_string(d.B) + " I=" + std::to_string(d.I) +
                                 " H=" + std::to_string(d.H));
   }
-  const std::int64_t G = checked_mul(4, d.H, "4*H");
-  const std::int64_t TB = checked_mul(d.T, d.B, "T*B");
+  const i64 G = checked_mul(4, d.H, "4*H");
+  const i64 TB = checked_mul(d.T, d.B, "T*B");
   checked_mul(TB, G, "gates (T, B, 4H)");
   checked_mul(TB, d.I, "x (T, B, I)");
   checked_mul(checked_mul(d.T + 1, d.B, "(T+1)*B"), d.H, "h_all (T+1, B, H)");
@@ -150,60 +251,10 @@ void check_dims(const Dims& d) {
   checked_mul(G, d.H, "w_hh (4H, H)");
 }
 
-namespace {
-
-// Rows that run at time t: all B, or the first batch_sizes[t] (rows are sorted by length).
-std::int64_t active_rows(const std::int64_t* batch_sizes, const Dims& d, std::int64_t t) {
-  return batch_sizes != nullptr ? batch_sizes[t] : d.B;
-}
-
-// The time step processed `s`-th: forward 0, 1, ..; reverse T-1, T-2, ..
-std::int64_t time_at(std::int64_t s, const Dims& d, bool reverse) {
-  return reverse ? d.T - 1 - s : s;
-}
-
-// The slots of h_all / c_all read (prev) and written (next) at time t (see lstm.h).
-std::int64_t prev_slot(std::int64_t t, bool reverse) { return reverse ? t + 1 : t; }
-std::int64_t next_slot(std::int64_t t, bool reverse) { return reverse ? t : t + 1; }
-
-// Active rows of the batch block [b0, b1) at time t.
-std::int64_t active_in_block(const std::int64_t* batch_sizes, const Dims& d, std::int64_t t,
-                             std::int64_t b0, std::int64_t b1) {
-  const std::int64_t n = std::min(b1, active_rows(batch_sizes, d, t)) - b0;
-  return std::max<std::int64_t>(0, n);
-}
-
-template <typename S>
-void copy_rows(S* dst, const S* src, std::int64_t n) {
-  if (n > 0) std::memcpy(dst, src, sizeof(S) * static_cast<std::size_t>(n));
-}
-
-// gates (TB, G) = bias + x (TB, I) w_ih^T for every active row
-template <typename S>
-void input_projection(S* gates, const S* x, const S* w_ih, const S* bias, const Dims& d,
-                      const std::int64_t* batch_sizes) {
-  const std::int64_t G = 4 * d.H;
-  auto project = [&](std::int64_t r0, std::int64_t r1) {
-    for (std::int64_t r = r0; r < r1; ++r) std::copy(bias, bias + G, gates + r * G);
-    blas::gemm<S>(false, true, r1 - r0, G, d.I, S(1), x + r0 * d.I, d.I, w_ih, d.I, S(1),
-                  gates + r0 * G, G);
-  };
-  if (batch_sizes == nullptr) {
-    // one big GEMM (split by rows) runs far closer to peak than T thin ones with K = I
-    parallel_blocks(d.T * d.B, kMinRows, project);
-    return;
-  }
-  parallel_blocks(d.T, 1, [&](std::int64_t t0, std::int64_t t1) {
-    for (std::int64_t t = t0; t < t1; ++t) project(t * d.B, t * d.B + batch_sizes[t]);
-  });
-}
-
-}  // namespace
-
-void check_batch_sizes(const std::int64_t* batch_sizes, const Dims& d) {
+void check_batch_sizes(const i64* batch_sizes, const Dims& d) {
   if (batch_sizes == nullptr) return;
-  for (std::int64_t t = 0; t < d.T; ++t) {
-    const std::int64_t n = batch_sizes[t];
+  for (i64 t = 0; t < d.T; ++t) {
+    const i64 n = batch_sizes[t];
     if (n < 0 || n > d.B || (t > 0 && n > batch_sizes[t - 1])) {
       throw std::invalid_argument(
           "batch_sizes: expected non-increasing values in [0, B=" + std::to_string(d.B) +
@@ -215,39 +266,87 @@ void check_batch_sizes(const std::int64_t* batch_sizes, const Dims& d) {
 template <typename S>
 void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c0, const S* w_ih,
                   const S* w_hh, const S* bias, const Dims& d, bool reverse,
-                  const std::int64_t* batch_sizes) {
+                  const i64* batch_sizes) {
   check_dims(d);
   check_batch_sizes(batch_sizes, d);
-  const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
-  input_projection(cache.gates, x, w_ih, bias, d, batch_sizes);
+  const i64 B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
+  const kern::Ops<S>& K = ops_of<S>(kern::active());
 
-  const std::int64_t first = initial_slot(d, reverse) * BH;
+  const i64 first = initial_slot(d, reverse) * BH;
   copy_or_zero(cache.h_all + first, h0, BH);
   copy_or_zero(cache.c_all + first, c0, BH);
-  parallel_blocks(B, kMinRows, [&](std::int64_t b0, std::int64_t b1) {
-    const std::int64_t nb = b1 - b0;
-    for (std::int64_t s = 0; s < d.T; ++s) {
-      const std::int64_t t = time_at(s, d, reverse);
-      const std::int64_t n = active_in_block(batch_sizes, d, t, b0, b1);
-      S* gates_t = cache.gates + (t * B + b0) * G;  // (n, G)
-      const std::int64_t prev = (prev_slot(t, reverse) * B + b0) * H;
-      const std::int64_t next = (next_slot(t, reverse) * B + b0) * H;
-      blas::gemm<S>(false, true, n, G, H, S(1), cache.h_all + prev, H, w_hh, H, S(1), gates_t, G);
-      forward_cells(gates_t, cache.c_all + prev, cache.c_all + next,
-                    cache.tanh_c + (t * B + b0) * H, cache.h_all + next, n, H);
-      // rows past their end (or not yet started, in reverse) carry their state unchanged
-      copy_rows(cache.h_all + next + n * H, cache.h_all + prev + n * H, (nb - n) * H);
-      copy_rows(cache.c_all + next + n * H, cache.c_all + prev + n * H, (nb - n) * H);
+  if (d.T == 0 || BH == 0) return;
+
+  // [W_ih | W_hh] packed per call (tens of microseconds; it can never go stale): the kernel
+  // computes b + x_t W_ih^T + h_{t-1} W_hh^T in one register tile, so there is no separate
+  // input-projection GEMM and no (T, B, 4H) pre-activation buffer to write and read back
+  S* const packed = scratch<S>(0, K.fwd_packed_size(d.I, H));
+  K.pack_fwd(packed, w_ih, w_hh, d.I, H);
+  const i64 nblk = (H + K.fwd_units - 1) / K.fwd_units;
+  const Tuner::Key key{cache.tanh_c != nullptr ? 0 : 1, static_cast<int>(sizeof(S)),
+                       get_num_threads(), B, d.I, H};
+  int slot = -1;
+  const Plan plan = tuner().pick(
+      key, plan_for(B, 4, nblk, 8.0 * static_cast<double>(B * H * (H + d.I))), &slot);
+  const auto start = std::chrono::steady_clock::now();
+
+  // step s over rows [r0, r1) and unit blocks [k0, k1); rows past the step's active count
+  // carry their state (only the owner of unit block 0 copies them in the units split)
+  auto step = [&](i64 s, i64 r0, i64 r1, i64 k0, i64 k1, bool carry) {
+    const i64 t = time_at(s, d, reverse);
+    const i64 n = std::min(r1, active_rows(batch_sizes, d, t));
+    const i64 prev = prev_slot(t, reverse) * BH, next = next_slot(t, reverse) * BH;
+    if (n > r0) {
+      const bool train = cache.tanh_c != nullptr;
+      const kern::FwdStep<S> a{packed,
+                               x + t * B * d.I,
+                               cache.h_all + prev,
+                               cache.c_all + prev,
+                               bias,
+                               train ? cache.gates + t * B * G : nullptr,
+                               cache.c_all + next,
+                               cache.h_all + next,
+                               train ? cache.tanh_c + t * BH : nullptr,
+                               d.I,
+                               H};
+      K.fwd_step(a, r0, n, k0, k1);
     }
-  });
+    if (carry) {
+      const i64 c0r = std::max(r0, n);
+      copy_rows(cache.h_all + next + c0r * H, cache.h_all + prev + c0r * H, (r1 - c0r) * H);
+      copy_rows(cache.c_all + next + c0r * H, cache.c_all + prev + c0r * H, (r1 - c0r) * H);
+    }
+  };
+
+  switch (plan.split) {
+    case Split::kSolo:
+      for (i64 s = 0; s < d.T; ++s) step(s, 0, B, 0, nblk, true);
+      break;
+    case Split::kRows:
+      pool::parallel(plan.threads, [&](int tid, pool::Team&) {
+        i64 r0 = 0, r1 = 0;
+        tile_range(B, 4, plan.threads, tid, &r0, &r1);
+        for (i64 s = 0; s < d.T; ++s) step(s, r0, r1, 0, nblk, true);
+      });
+      break;
+    case Split::kUnits:
+      pool::parallel(plan.threads, [&](int tid, pool::Team& team) {
+        const i64 k0 = nblk * tid / plan.threads, k1 = nblk * (tid + 1) / plan.threads;
+        for (i64 s = 0; s < d.T; ++s) {
+          step(s, 0, B, k0, k1, tid == 0);
+          team.barrier();  // step s+1 reads every unit of h written here
+        }
+      });
+      break;
+  }
+  tuner().report(key, slot, seconds_since(start) / static_cast<double>(d.T));
 }
 
 template <typename S>
-void lstm_collect_y(S* y, const S* h_all, const Dims& d, bool reverse,
-                    const std::int64_t* batch_sizes) {
-  const std::int64_t BH = d.B * d.H;
-  for (std::int64_t t = 0; t < d.T; ++t) {
-    const std::int64_t n = active_rows(batch_sizes, d, t) * d.H;
+void lstm_collect_y(S* y, const S* h_all, const Dims& d, bool reverse, const i64* batch_sizes) {
+  const i64 BH = d.B * d.H;
+  for (i64 t = 0; t < d.T; ++t) {
+    const i64 n = active_rows(batch_sizes, d, t) * d.H;
     S* y_t = y + t * BH;
     copy_rows(y_t, h_all + next_slot(t, reverse) * BH, n);
     if (BH > n) std::memset(y_t + n, 0, sizeof(S) * static_cast<std::size_t>(BH - n));
@@ -260,10 +359,10 @@ namespace {
 // holds the state each row's step read. Split by the gradients' rows (gate units).
 template <typename S>
 void weight_gradients(const LstmGrads<S>& grads, const S* dgates, const S* x,
-                      const S* h_prev_all, const Dims& d, const std::int64_t* batch_sizes) {
-  const std::int64_t H = d.H, G = 4 * H, TB = d.T * d.B;
-  parallel_blocks(G, kMinRows, [&](std::int64_t g0, std::int64_t g1) {
-    const std::int64_t ng = g1 - g0;
+                      const S* h_prev_all, const Dims& d, const i64* batch_sizes) {
+  const i64 H = d.H, G = 4 * H, TB = d.T * d.B;
+  parallel_blocks(G, kMinRows, [&](i64 g0, i64 g1) {
+    const i64 ng = g1 - g0;
     S* db = grads.dbias;
     std::fill(db + g0, db + g1, S(0));
     if (batch_sizes == nullptr || d.T == 0) {
@@ -272,23 +371,23 @@ void weight_gradients(const LstmGrads<S>& grads, const S* dgates, const S* x,
       blas::gemm<S>(true, false, ng, H, TB, S(1), dgates + g0, G, h_prev_all, H, S(0),
                     grads.dw_hh + g0 * H, H);
       // db: rows summed in order, so the result never depends on the thread count
-      for (std::int64_t r = 0; r < TB; ++r) {
+      for (i64 r = 0; r < TB; ++r) {
         const S* row = dgates + r * G;
-        for (std::int64_t k = g0; k < g1; ++k) db[k] += row[k];
+        for (i64 k = g0; k < g1; ++k) db[k] += row[k];
       }
       return;
     }
     // only the active rows of each step: a GEMM per step, accumulated in time order
-    for (std::int64_t t = 0; t < d.T; ++t) {
-      const std::int64_t r0 = t * d.B, n = batch_sizes[t];
+    for (i64 t = 0; t < d.T; ++t) {
+      const i64 r0 = t * d.B, n = batch_sizes[t];
       const S beta = t == 0 ? S(0) : S(1);
       blas::gemm<S>(true, false, ng, d.I, n, S(1), dgates + r0 * G + g0, G, x + r0 * d.I, d.I,
                     beta, grads.dw_ih + g0 * d.I, d.I);
       blas::gemm<S>(true, false, ng, H, n, S(1), dgates + r0 * G + g0, G, h_prev_all + r0 * H,
                     H, beta, grads.dw_hh + g0 * H, H);
-      for (std::int64_t r = r0; r < r0 + n; ++r) {
+      for (i64 r = r0; r < r0 + n; ++r) {
         const S* row = dgates + r * G;
-        for (std::int64_t k = g0; k < g1; ++k) db[k] += row[k];
+        for (i64 k = g0; k < g1; ++k) db[k] += row[k];
       }
     }
   });
@@ -296,10 +395,9 @@ void weight_gradients(const LstmGrads<S>& grads, const S* dgates, const S* x,
 
 // dx (T, B, I) = dgates w_ih for active rows, zero elsewhere
 template <typename S>
-void input_gradient(S* dx, const S* dgates, const S* w_ih, const Dims& d,
-                    const std::int64_t* batch_sizes) {
-  const std::int64_t G = 4 * d.H;
-  auto rows = [&](std::int64_t r0, std::int64_t r1) {
+void input_gradient(S* dx, const S* dgates, const S* w_ih, const Dims& d, const i64* batch_sizes) {
+  const i64 G = 4 * d.H;
+  auto rows = [&](i64 r0, i64 r1) {
     blas::gemm<S>(false, false, r1 - r0, d.I, G, S(1), dgates + r0 * G, G, w_ih, d.I, S(0),
                   dx + r0 * d.I, d.I);
   };
@@ -307,11 +405,11 @@ void input_gradient(S* dx, const S* dgates, const S* w_ih, const Dims& d,
     parallel_blocks(d.T * d.B, kMinRows, rows);
     return;
   }
-  parallel_blocks(d.T, 1, [&](std::int64_t t0, std::int64_t t1) {
-    for (std::int64_t t = t0; t < t1; ++t) {
-      const std::int64_t r0 = t * d.B, n = batch_sizes[t];
+  parallel_blocks(d.T, 1, [&](i64 t0, i64 t1) {
+    for (i64 t = t0; t < t1; ++t) {
+      const i64 r0 = t * d.B, n = batch_sizes[t];
       rows(r0, r0 + n);
-      const std::int64_t rest = (d.B - n) * d.I;
+      const i64 rest = (d.B - n) * d.I;
       if (rest > 0) std::memset(dx + (r0 + n) * d.I, 0, sizeof(S) * static_cast<std::size_t>(rest));
     }
   });
@@ -322,34 +420,103 @@ void input_gradient(S* dx, const S* dgates, const S* w_ih, const Dims& d,
 template <typename S>
 void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>& cache,
                    const S* x, const S* w_ih, const S* w_hh, const S* dy, const S* dh_n,
-                   const S* dc_n, const Dims& d, bool reverse, const std::int64_t* batch_sizes) {
+                   const S* dc_n, const Dims& d, bool reverse, const i64* batch_sizes) {
   check_dims(d);
   check_batch_sizes(batch_sizes, d);
-  const std::int64_t B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
+  const i64 B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
+  const kern::Ops<S>& K = ops_of<S>(kern::active());
 
-  // grads.dh0 / grads.dc0 double as the running dh_t / dc_t of the reverse loop; rows that are
-  // inactive at a step keep theirs unchanged, so dh_n / dc_n enter at each row's final state
+  // grads.dc0 is the running dc of the loop (rows untouched while inactive, so dc_n enters at
+  // each row's final state); grads.dh0 starts as dh_n (rows that never run keep it) and each
+  // row's dh0 is written once, when the loop passes the row's first step
   copy_or_zero(grads.dh0, dh_n, BH);
   copy_or_zero(grads.dc0, dc_n, BH);
-  parallel_blocks(B, kMinRows, [&](std::int64_t b0, std::int64_t b1) {
-    S* dh = grads.dh0 + b0 * H;
-    S* dc = grads.dc0 + b0 * H;
-    for (std::int64_t s = d.T - 1; s >= 0; --s) {  // the forward pass's steps, last first
-      const std::int64_t t = time_at(s, d, reverse);
-      const std::int64_t n = active_in_block(batch_sizes, d, t, b0, b1);
-      const std::int64_t row = t * B + b0;
-      S* dgates_t = dgates + row * G;  // (n, G)
-      if (dy != nullptr) {
-        const S* dy_t = dy + row * H;
-        for (std::int64_t k = 0; k < n * H; ++k) dh[k] += dy_t[k];
+  if (d.T > 0 && BH > 0) {
+    S* const packed = scratch<S>(1, K.bwd_packed_size(H));
+    K.pack_bwd(packed, w_hh, H);
+    const i64 npan = (H + K.bwd_units - 1) / K.bwd_units;
+    const Tuner::Key key{2, static_cast<int>(sizeof(S)), get_num_threads(), B, d.I, H};
+    int slot = -1;
+    const Plan plan =
+        tuner().pick(key, plan_for(B, 4, npan, 8.0 * static_cast<double>(B * H * H)), &slot);
+    const auto start = std::chrono::steady_clock::now();
+
+    // backward step q (q = 0 is the forward pass's last step) over rows [r0, r1), panels
+    // [p0, p1): rows active at the step before in this order take dgates_prev W_hh, rows that
+    // start here take dh_n; rows that were active at the step before and are not now (reverse
+    // with lengths) have reached their first step: their dh0 is dgates_prev W_hh
+    auto step = [&](i64 q, i64 r0, i64 r1, i64 p0, i64 p1) {
+      const i64 s = d.T - 1 - q;
+      const i64 t = time_at(s, d, reverse);
+      const i64 n = std::min(r1, active_rows(batch_sizes, d, t));
+      const S* dg_prev = nullptr;
+      i64 n_prev = 0;
+      if (q > 0) {
+        const i64 tp = time_at(s + 1, d, reverse);
+        dg_prev = dgates + tp * B * G;
+        n_prev = std::min(r1, active_rows(batch_sizes, d, tp));
       }
-      backward_cells(dgates_t, cache.gates + row * G,
-                     cache.c_all + (prev_slot(t, reverse) * B + b0) * H, cache.tanh_c + row * H,
-                     dh, dc, n, H);
-      // dh_{t-1} = dgates_t (n, G) w_hh (G, H)
-      blas::gemm<S>(false, false, n, H, G, S(1), dgates_t, G, w_hh, H, S(0), dh, H);
+      if (n > r0) {
+        const kern::BwdStep<S> a{packed,
+                                 dg_prev,
+                                 n_prev,
+                                 dh_n,
+                                 dy != nullptr ? dy + t * BH : nullptr,
+                                 cache.gates + t * B * G,
+                                 cache.c_all + prev_slot(t, reverse) * BH,
+                                 cache.tanh_c + t * BH,
+                                 grads.dc0,
+                                 dgates + t * B * G,
+                                 nullptr,
+                                 H};
+        K.bwd_step(a, r0, n, p0, p1);
+      }
+      // rows whose first step was the previous one in this order (or, after the last step,
+      // every row still active): dh0 = dgates_prev W_hh
+      auto flush = [&](const S* dg, i64 f0, i64 f1) {
+        if (f1 <= f0) return;
+        const kern::BwdStep<S> a{packed, dg,      f1,     nullptr, nullptr, nullptr,
+                                 nullptr,      nullptr, nullptr, nullptr, grads.dh0, H};
+        K.bwd_step(a, f0, f1, p0, p1);
+      };
+      if (dg_prev != nullptr) flush(dg_prev, std::max(r0, n), n_prev);
+    };
+    // after the last step: dh0 of every row active there (reads all of that step's dgates)
+    auto flush_last = [&](i64 r0, i64 r1, i64 p0, i64 p1) {
+      const i64 t = time_at(0, d, reverse);
+      const i64 n = std::min(r1, active_rows(batch_sizes, d, t));
+      if (n <= r0) return;
+      const kern::BwdStep<S> a{packed, dgates + t * B * G, n, nullptr, nullptr, nullptr,
+                               nullptr, nullptr, nullptr, nullptr, grads.dh0, H};
+      K.bwd_step(a, r0, n, p0, p1);
+    };
+
+    switch (plan.split) {
+      case Split::kSolo:
+        for (i64 q = 0; q < d.T; ++q) step(q, 0, B, 0, npan);
+        flush_last(0, B, 0, npan);
+        break;
+      case Split::kRows:
+        pool::parallel(plan.threads, [&](int tid, pool::Team&) {
+          i64 r0 = 0, r1 = 0;
+          tile_range(B, 4, plan.threads, tid, &r0, &r1);
+          for (i64 q = 0; q < d.T; ++q) step(q, r0, r1, 0, npan);
+          flush_last(r0, r1, 0, npan);
+        });
+        break;
+      case Split::kUnits:
+        pool::parallel(plan.threads, [&](int tid, pool::Team& team) {
+          const i64 p0 = npan * tid / plan.threads, p1 = npan * (tid + 1) / plan.threads;
+          for (i64 q = 0; q < d.T; ++q) {
+            step(q, 0, B, p0, p1);
+            team.barrier();  // the next step reads every column of the dgates written here
+          }
+          flush_last(0, B, p0, p1);
+        });
+        break;
     }
-  });
+    tuner().report(key, slot, seconds_since(start) / static_cast<double>(d.T));
+  }
 
   // the state each step read: slot t (forward) or t+1 (reverse), so rows line up with dgates
   const S* h_prev_all = cache.h_all + (reverse ? BH : 0);
@@ -357,7 +524,7 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
   if (grads.dx != nullptr) input_gradient(grads.dx, dgates, w_ih, d, batch_sizes);
 }
 
-void check_matmul(std::int64_t M, std::int64_t N, std::int64_t K) {
+void check_matmul(i64 M, i64 N, i64 K) {
   if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("matmul: negative size");
   checked_mul(M, K, "a");
   checked_mul(K, N, "b");
@@ -365,8 +532,8 @@ void check_matmul(std::int64_t M, std::int64_t N, std::int64_t K) {
 }
 
 template <typename S>
-void matmul(S* c, const S* a, const S* b, std::int64_t M, std::int64_t N, std::int64_t K,
-            std::int64_t lda, std::int64_t ldb, bool trans_a, bool trans_b) {
+void matmul(S* c, const S* a, const S* b, i64 M, i64 N, i64 K, i64 lda, i64 ldb, bool trans_a,
+            bool trans_b) {
   check_matmul(M, N, K);
   blas::gemm<S>(trans_a, trans_b, M, N, K, S(1), a, lda, b, ldb, S(0), c, N);
 }
@@ -385,27 +552,30 @@ int get_num_threads() {
 
 const char* blas_core_name() { return blas::core_name(); }
 
-template void matmul<float>(float*, const float*, const float*, std::int64_t, std::int64_t,
-                            std::int64_t, std::int64_t, std::int64_t, bool, bool);
-template void matmul<double>(double*, const double*, const double*, std::int64_t, std::int64_t,
-                             std::int64_t, std::int64_t, std::int64_t, bool, bool);
+const char* isa() { return kern::active().name; }
+void set_isa(const char* name) { kern::set_isa(name); }
+bool isa_supported(const char* name, const char** reason) {
+  return kern::isa_supported(name, reason);
+}
+
+template void matmul<float>(float*, const float*, const float*, i64, i64, i64, i64, i64, bool,
+                            bool);
+template void matmul<double>(double*, const double*, const double*, i64, i64, i64, i64, i64,
+                             bool, bool);
 template void lstm_forward<float>(const LstmCache<float>&, const float*, const float*,
                                   const float*, const float*, const float*, const float*,
-                                  const Dims&, bool, const std::int64_t*);
+                                  const Dims&, bool, const i64*);
 template void lstm_forward<double>(const LstmCache<double>&, const double*, const double*,
                                    const double*, const double*, const double*, const double*,
-                                   const Dims&, bool, const std::int64_t*);
-template void lstm_collect_y<float>(float*, const float*, const Dims&, bool,
-                                    const std::int64_t*);
-template void lstm_collect_y<double>(double*, const double*, const Dims&, bool,
-                                     const std::int64_t*);
+                                   const Dims&, bool, const i64*);
+template void lstm_collect_y<float>(float*, const float*, const Dims&, bool, const i64*);
+template void lstm_collect_y<double>(double*, const double*, const Dims&, bool, const i64*);
 template void lstm_backward<float>(const LstmGrads<float>&, float*, const LstmConstCache<float>&,
                                    const float*, const float*, const float*, const float*,
-                                   const float*, const float*, const Dims&, bool,
-                                   const std::int64_t*);
+                                   const float*, const float*, const Dims&, bool, const i64*);
 template void lstm_backward<double>(const LstmGrads<double>&, double*,
                                     const LstmConstCache<double>&, const double*, const double*,
                                     const double*, const double*, const double*, const double*,
-                                    const Dims&, bool, const std::int64_t*);
+                                    const Dims&, bool, const i64*);
 
 }  // namespace lstmcore

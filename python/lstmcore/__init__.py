@@ -11,7 +11,7 @@ import os
 from lstmcore._native import core as _core
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "cuda_available", "get_num_threads", "set_num_threads"]
+__all__ = ["__version__", "cuda_available", "get_num_threads", "isa", "set_num_threads"]
 
 
 def cuda_available() -> tuple[bool, str]:
@@ -35,6 +35,15 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
+def isa() -> str:
+    """The instruction set of the CPU kernels running: ``"avx512"``, ``"avx2"`` or ``"generic"``.
+
+    Chosen once from the CPU (the widest it runs); the environment variable ``LSTMCORE_ISA``
+    forces one, and naming one this CPU lacks is an error at import.
+    """
+    return str(_core.isa())
+
+
 def _default_threads() -> int:
     """All cores this process may run on, unless LSTMCORE_NUM_THREADS says otherwise."""
     env = os.environ.get("LSTMCORE_NUM_THREADS", "").strip()
@@ -53,3 +62,5 @@ def _default_threads() -> int:
 
 
 set_num_threads(_default_threads())
+isa()  # a bad LSTMCORE_ISA fails here, at import, with the reason
+from lstmcore.model import load as load  # noqa: E402  (after set-up: model imports the core)

@@ -9,7 +9,7 @@ temporary file is removed and the target is untouched.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,10 +24,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[tup
     without an exception. Code in the block may check the temporary file by its path (after
     flushing) and raise to abandon it."""
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX
-    )
-    tmp = Path(tmp_name)
+    fd, tmp = _create_temporary(target)
     try:
         with os.fdopen(fd, mode) as out:
             yield out, tmp
@@ -42,6 +39,19 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[tup
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _create_temporary(target: Path) -> tuple[int, Path]:
+    """A new, empty file beside ``target``, created with mode 0666 so that the umask decides
+    its permissions as for any file the user writes (mkstemp would make it 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{target}: no free temporary name beside it")
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

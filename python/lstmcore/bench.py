@@ -224,12 +224,15 @@ def reference_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
     p = model.lstm.params
 
     def train() -> None:
-        _, h_n, _, ctx = ref.lstm_forward(x, None, None, p["w_ih"], p["w_hh"], p["bias"])
-        _, dlogits = softmax_cross_entropy(head.forward(h_n), y)
+        _, h_n, _, ctx = ref.stack_forward(x, None, None, p)
+        _, dlogits = softmax_cross_entropy(head.forward(h_n[0]), y)
         dh = head.backward(dlogits)
-        _, _, _, dw_ih, dw_hh, db = ref.lstm_backward(ctx, None, dh, None)
-        grads = {"lstm.w_ih": dw_ih, "lstm.w_hh": dw_hh, "lstm.bias": db}
-        opt.step({**grads, **{f"head.{k}": v for k, v in head.grads.items()}})
+        _, _, _, lstm_grads = ref.stack_backward(ctx, None, dh[None], None)
+        grads = {
+            **{f"lstm.{k}": v for k, v in lstm_grads.items()},
+            **{f"head.{k}": v for k, v in head.grads.items()},
+        }
+        opt.step(grads)
 
     return train
 
@@ -240,8 +243,8 @@ def reference_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
     p = model.lstm.params
 
     def infer() -> None:
-        _, h_n, _, _ = ref.lstm_forward(x, None, None, p["w_ih"], p["w_hh"], p["bias"])
-        model.head.forward(h_n)
+        _, h_n, _, _ = ref.stack_forward(x, None, None, p)
+        model.head.forward(h_n[0])
 
     return infer
 

@@ -9,6 +9,7 @@ anything is changed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -27,6 +28,28 @@ _PARAM = "param/"
 _OPTIM = "optim/"
 _META = "meta"
 _FORMAT = 1
+_ZIP_MAGIC = b"PK\x03\x04"  # every .npz written by np.savez starts with a local file header
+
+
+def _check_member_sizes(path: Path, handle: Any) -> None:
+    """CheckpointError unless every member's .npy header declares at most the bytes the
+    member holds: NumPy allocates the declared size before reading, so a forged header
+    could ask for any amount of memory."""
+    with zipfile.ZipFile(handle) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                declared = math.prod(shape) * dtype.itemsize
+                if declared > info.file_size:
+                    name = info.filename.removesuffix(".npy").removeprefix(_PARAM)
+                    raise CheckpointError(
+                        f"{path}: {name} declares {declared} bytes of data in "
+                        f"{info.file_size} (forged or corrupt)"
+                    )
 
 
 class CheckpointError(ValueError):
@@ -57,9 +80,17 @@ def load(
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         # our own handle: np.load leaks its file when the archive is unreadable
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        with open(path, "rb") as handle:
+            if handle.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:  # .npy, pickle, text, empty
+                raise CheckpointError(f"{path}: not an lstmcore checkpoint")
+            handle.seek(0)
+            _check_member_sizes(path, handle)
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+        if isinstance(err, CheckpointError):
+            raise
         raise CheckpointError(f"{path}: not a readable checkpoint: {err}") from err
     if _META not in arrays:
         raise CheckpointError(f"{path}: not an lstmcore checkpoint (no metadata)")

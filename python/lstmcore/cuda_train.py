@@ -1,7 +1,12 @@
 """Training on the GPU: the whole step (gather, forward, loss, backward, clipping, optimizer)
 runs in ``lstmcore._cuda.Trainer`` with everything resident on the device. The host model and
 optimizer are brought up to date only when a checkpoint is written (``pull``) and written to
-the device on start and resume (``push``)."""
+the device on start and resume (``push``).
+
+The device trains one unidirectional LSTM layer with torch's parameters, the host model's own
+names and order (``lstm.weight_ih_l0``, ``lstm.weight_hh_l0``, ``lstm.bias_ih_l0``,
+``lstm.bias_hh_l0``, ``head.weight``, ``head.bias``): the two biases are summed for the core
+on the device and both receive the sum's gradient, so a GPU step is the CPU step."""
 
 from __future__ import annotations
 
@@ -14,6 +19,11 @@ from lstmcore import cuda, optim
 from lstmcore.nn import SequenceClassifier
 
 Array = NDArray[Any]
+
+
+def param_layout(params: dict[str, Array]) -> list[tuple[str, int]]:
+    """[(name, size), ...] in the order the flat device buffer holds them."""
+    return [(name, int(value.size)) for name, value in params.items()]
 
 
 class CudaSession:
@@ -31,8 +41,13 @@ class CudaSession:
         module = cuda.require()
         if model.dtype != np.float32:
             raise ValueError("the CUDA trainer runs in float32")
-        self.names = list(model.params)
-        self.sizes = [model.params[n].size for n in self.names]
+        if model.lstm.num_layers != 1 or model.lstm.bidirectional:
+            raise ValueError("the CUDA trainer runs one unidirectional LSTM layer")
+        # handed across with the flat buffer and checked against the trainer's own layout:
+        # a renamed or reordered parameter raises instead of scrambling the weights
+        self.layout = param_layout(model.params)
+        self.names = [name for name, _ in self.layout]
+        self.sizes = [size for _, size in self.layout]
         if isinstance(opt, optim.Adam):
             kind = "adamw" if opt.decoupled else "adam"
             beta1, beta2, eps, momentum = opt.betas[0], opt.betas[1], opt.eps, 0.0
@@ -48,6 +63,7 @@ class CudaSession:
             np.ascontiguousarray(images, dtype=np.float32),
             np.ascontiguousarray(labels, dtype=np.int32),
             self._flat(model.params),
+            self.layout,
             config["hidden_size"],
             config["num_classes"],
             max_batch,
@@ -71,12 +87,17 @@ class CudaSession:
             start += size
         return out
 
-    def step(self, indices: Array, lr: float) -> tuple[float, int, bool]:
-        """One training step on the batch ``indices``; (mean loss, correct, applied)."""
-        loss, correct, _, applied = self.trainer.step(
-            np.ascontiguousarray(indices, dtype=np.int32), lr
+    def compute(self, indices: Array) -> tuple[float, int, float]:
+        """Gradients of the batch ``indices`` on the device; (mean loss, correct, gradient
+        norm). No parameter changes until :meth:`apply`."""
+        loss, correct, grad_norm = self.trainer.compute(
+            np.ascontiguousarray(indices, dtype=np.int32)
         )
-        return float(loss), int(correct), bool(applied)
+        return float(loss), int(correct), float(grad_norm)
+
+    def apply(self, lr: float) -> None:
+        """The optimizer update from the last :meth:`compute`'s gradients."""
+        self.trainer.apply(lr)
 
     def predict(self, images: Array) -> NDArray[np.int64]:
         return np.asarray(

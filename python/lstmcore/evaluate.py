@@ -11,24 +11,8 @@ import sys
 import numpy as np
 
 from lstmcore import checkpoint, data
-from lstmcore.nn import SequenceClassifier
+from lstmcore.model import load
 from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
-
-
-def load_model(path: str) -> SequenceClassifier:
-    """The classifier stored in a checkpoint (validated before use)."""
-    params, _, meta, _ = checkpoint.load(path)
-    shape = meta.get("model")
-    if not isinstance(shape, dict) or set(shape) != {"input_size", "hidden_size", "num_classes"}:
-        raise checkpoint.CheckpointError(f"{path}: no model description in its metadata")
-    try:
-        model = SequenceClassifier(
-            int(shape["input_size"]), int(shape["hidden_size"]), int(shape["num_classes"])
-        )
-    except (TypeError, ValueError) as err:
-        raise checkpoint.CheckpointError(f"{path}: bad model description: {err}") from err
-    checkpoint.assign_params(path, params, model.params)
-    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,17 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        model = load_model(args.checkpoint)
+        classifier = load(args.checkpoint)  # the network and its task (rows, pixels, permuted)
         mnist = data.load_mnist(args.data_dir)
-        if mnist.test_images.shape[2] != model.config["input_size"]:
+        try:
+            classifier.check_images(mnist.test_images[:1])
+        except ValueError as err:
             raise data.DataError(
-                f"{args.data_dir}: images are {mnist.test_images.shape[1:]}, "
-                f"the model reads rows of {model.config['input_size']}"
-            )
+                f"{args.data_dir}: images are {mnist.test_images.shape[1:]}, the model reads "
+                f"{classifier.image_shape} ({err})"
+            ) from err
     except (checkpoint.CheckpointError, data.DataError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    predicted = model.predict(mnist.test_images)
+    predicted = classifier.predict(mnist.test_images)
+    model = classifier.network
     correct = int(np.sum(predicted == mnist.test_labels))
     classes = max(model.config["num_classes"], mnist.num_classes)
     print(format_confusion(confusion_matrix(mnist.test_labels, predicted, classes)))

@@ -6,90 +6,287 @@ Parameters are NumPy arrays held in ``params`` dicts and updated in place by the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from lstmcore import ops
+from lstmcore import reference as ref
 
 Array = NDArray[Any]
 
-__all__ = ["LSTM", "Linear", "SequenceClassifier", "softmax_cross_entropy"]
+__all__ = [
+    "LSTM",
+    "Linear",
+    "SequenceClassifier",
+    "float_dtype",
+    "softmax_cross_entropy",
+    "upgrade_v01_optim_state",
+    "upgrade_v01_params",
+]
+
+
+def float_dtype(dtype: Any) -> np.dtype[Any]:
+    """float32 or float64 from any spelling NumPy accepts (``np.float32``, ``"float32"``,
+    ``"f4"``, ``np.dtype("float32")``, Python's ``float``, ``">f8"``...), in native byte
+    order; ValueError for anything else."""
+    if dtype is None:  # NumPy would read None as float64; torch users mean "the default"
+        raise ValueError("dtype: expected float32 or float64, got None")
+    try:
+        out: np.dtype[Any] = np.dtype(dtype)
+    except TypeError as err:
+        raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}") from err
+    if out.kind != "f" or out.itemsize not in (4, 8):
+        raise ValueError(f"dtype: expected float32 or float64, got {out}")
+    return np.dtype(np.float32 if out.itemsize == 4 else np.float64)  # native byte order
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class LSTM:
-    """One LSTM layer (torch.nn.LSTM's gates and weight shapes, one bias vector).
+    """torch.nn.LSTM on the lstmcore core: ``num_layers`` layers, one or two directions.
 
-    Initialisation as torch: every weight and the bias uniform in +-1/sqrt(hidden_size); then
-    ``forget_bias`` is added to the forget gate's bias block.
+    Parameters live in ``params`` under torch's ``state_dict`` names and shapes
+    (``weight_ih_l{k}`` (4H, I or D*H), ``weight_hh_l{k}`` (4H, H), ``bias_ih_l{k}``,
+    ``bias_hh_l{k}`` (4H,), suffix ``_reverse`` for the second direction; gates i, f, g, o);
+    the optimizers update them in place and ``grads`` holds the last backward's gradients
+    under the same names. The core gets the two biases summed once per call.
+
+    Initialisation as torch: every parameter uniform in +-1/sqrt(hidden_size), drawn from
+    ``rng`` in torch's parameter order. ``forget_bias`` (not in torch) shifts the effective
+    forget-gate bias ``bias_ih + bias_hh`` by that amount, half in each vector's forget block
+    (so ``forget_bias=1`` means what it meant in lstmcore 0.1's single bias).
+
+    ``dropout``: torch's rule: each layer's output but the last's is multiplied by a mask of
+    0 and 1/(1-p) while ``training`` (see :meth:`train`, :meth:`eval`), drawn from the layer's
+    own generator ``dropout_rng`` (seeded from ``rng``, so a seeded run is reproducible);
+    inference (``eval()``, or ``forward(..., for_backward=False)``) never drops.
+
+    ``device="cuda"`` runs one unidirectional layer without ``lengths`` on the GPU; anything
+    else raises ValueError naming the feature (there is no silent fallback to the CPU).
     """
 
     def __init__(
         self,
         input_size: int,
         hidden_size: int,
-        *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
         batch_first: bool = False,
-        forget_bias: float = 0.0,
+        dropout: float = 0.0,
         dtype: Any = np.float32,
         rng: np.random.Generator | None = None,
+        *,
+        forget_bias: float = 0.0,
         device: str = "cpu",
     ) -> None:
-        if input_size < 1 or hidden_size < 1:
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        if not 0.0 <= float(dropout) <= 1.0:  # NaN fails too
+            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
+        self.dtype = float_dtype(dtype)
+        self.bidirectional, self.batch_first = bool(bidirectional), bool(batch_first)
+        self.dropout = float(dropout)
+        self.directions = 2 if self.bidirectional else 1
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        self.device = device
+        if device == "cuda" and (self.num_layers > 1 or self.bidirectional):
+            feature = "num_layers > 1" if self.num_layers > 1 else "bidirectional"
             raise ValueError(
-                f"input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}"
+                f"device='cuda' runs one unidirectional layer: {feature} is not supported there"
             )
         rng = rng if rng is not None else np.random.default_rng()
-        bound = 1.0 / np.sqrt(hidden_size)
-        h = hidden_size
-        self.input_size, self.hidden_size = input_size, hidden_size
-        self.batch_first = batch_first
-        self.device = device
-        self.params: dict[str, Array] = {
-            "w_ih": rng.uniform(-bound, bound, (4 * h, input_size)).astype(dtype),
-            "w_hh": rng.uniform(-bound, bound, (4 * h, h)).astype(dtype),
-            "bias": rng.uniform(-bound, bound, 4 * h).astype(dtype),
-        }
-        self.params["bias"][h : 2 * h] += dtype(forget_bias)
+        self.params: dict[str, Array] = self._init_params(rng, float(forget_bias))
+        # the dropout masks' own stream: drawing masks never shifts the caller's generator
+        self.dropout_rng = np.random.default_rng(int(rng.integers(2**63)))
+        self.training = True
         self.grads: dict[str, Array] = {}
-        self._ctx: ops.LstmContext | None = None  # kept for backward
-        self._infer_ctx: ops.LstmContext | None = None  # inference's buffers
+        cells = self.num_layers * self.directions
+        self._ctx: list[ops.LstmContext | None] = [None] * cells  # kept for backward
+        self._infer_ctx: list[ops.LstmContext | None] = [None] * cells  # inference's buffers
+        self._masks: list[Array | None] = []  # the dropout masks of the last training forward
+        self._shape: tuple[int, int] | None = None  # (T, B) of the last training forward
+
+    # ---- parameters ----------------------------------------------------------------------
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        h = self.hidden_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name in ref.param_names(self.num_layers, self.bidirectional):
+            layer = int(name.split("_l")[1].split("_")[0])
+            inp = self.input_size if layer == 0 else self.directions * h
+            kind = name.split("_l")[0]
+            shapes[name] = {"weight_ih": (4 * h, inp), "weight_hh": (4 * h, h)}.get(kind, (4 * h,))
+        return shapes
+
+    def _init_params(self, rng: np.random.Generator, forget_bias: float) -> dict[str, Array]:
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        h = self.hidden_size
+        params = {}
+        for name, shape in self._shapes().items():
+            params[name] = rng.uniform(-bound, bound, shape).astype(self.dtype)
+            if name.startswith("bias_"):
+                params[name][h : 2 * h] += self.dtype.type(forget_bias / 2)
+        return params
+
+    def state_dict(self) -> dict[str, Array]:
+        """Copies of the parameters under torch.nn.LSTM's names, in its order."""
+        return {name: value.copy() for name, value in self.params.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Copies ``state`` (NumPy arrays under torch's names, e.g. from
+        ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}``) into the parameters.
+        Every name, shape and dtype is checked first (ValueError naming the key); on error
+        nothing changes. The arrays in ``params`` stay the same objects (optimizers keep them)."""
+        missing = [k for k in self.params if k not in state]
+        unexpected = [k for k in state if k not in self.params]
+        if missing or unexpected:
+            raise ValueError(
+                f"state_dict: missing keys {missing}, unexpected keys {unexpected} "
+                f"(num_layers={self.num_layers}, bidirectional={self.bidirectional})"
+            )
+        for name, want in self.params.items():
+            got = state[name]
+            if not isinstance(got, np.ndarray):
+                raise ValueError(
+                    f"{name}: expected a numpy array, got {type(got).__name__} "
+                    "(convert torch tensors with .numpy())"
+                )
+            if got.shape != want.shape or got.dtype != want.dtype:
+                raise ValueError(
+                    f"{name}: expected {want.shape} {want.dtype}, got {got.shape} {got.dtype}"
+                )
+        for name, value in self.params.items():
+            value[...] = state[name]
+
+    def train(self, mode: bool = True) -> LSTM:
+        """Training mode (dropout on) or, with ``mode=False``, inference mode; returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> LSTM:
+        return self.train(False)
+
+    @property
+    def dropout_masks(self) -> list[Array | None]:
+        """The masks the last training forward multiplied into each layer's output but the
+        last's: time-major (T, B, D*H), or None where nothing was dropped."""
+        return list(self._masks)
+
+    # ---- forward and backward ------------------------------------------------------------
+
+    def _check_x(self, x: Any) -> Array:
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"x: expected a numpy array, got {type(x).__name__}")
+        layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
+        if x.ndim != 3 or x.shape[2] != self.input_size or x.dtype != self.dtype:
+            raise ValueError(
+                f"x: expected {layout} with I = {self.input_size}, {self.dtype}; "
+                f"got {x.shape} {x.dtype}"
+            )
+        return x.transpose(1, 0, 2) if self.batch_first else x  # time-major view, no copy
+
+    def _check_state(self, name: str, value: Any, batch: int) -> Array | None:
+        """h0/c0/dh_n/dc_n: None or (num_layers * D, B, H) in the layer's dtype."""
+        if value is None:
+            return None
+        want = (self.num_layers * self.directions, batch, self.hidden_size)
+        if not isinstance(value, np.ndarray) or value.shape != want or value.dtype != self.dtype:
+            got = f"{value.shape} {value.dtype}" if isinstance(value, np.ndarray) else type(value)
+            raise ValueError(f"{name}: expected {want} {self.dtype}, got {got}")
+        return value
+
+    def _names(self, layer: int, direction: int) -> tuple[str, str, str, str]:
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        return f"weight_ih{sfx}", f"weight_hh{sfx}", f"bias_ih{sfx}", f"bias_hh{sfx}"
+
+    def _dropout_mask(self, shape: tuple[int, ...]) -> Array:
+        p = self.dropout
+        keep = self.dropout_rng.random(shape) >= p
+        scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)  # torch: p = 1 drops everything
+        mask: Array = keep.astype(self.dtype) * self.dtype.type(scale)
+        return mask
 
     def forward(
         self,
         x: Array,
         h0: Array | None = None,
         c0: Array | None = None,
+        lengths: Any = None,
         *,
         need_y: bool = True,
         for_backward: bool = True,
     ) -> tuple[Array | None, Array, Array]:
-        """x: (T, B, I), or (B, T, I) with batch_first. Returns (y, h_n, c_n), y like x (None
-        with ``need_y=False``). The layer reuses its buffers from call to call; with
-        ``for_backward=False`` (inference) the pass leaves what backward needs untouched."""
-        if self.batch_first:
-            x = x.transpose(1, 0, 2)
-        p = self.params
-        reuse = self._ctx if for_backward else self._infer_ctx
-        y, h_n, c_n, ctx = ops.lstm_forward(
-            x,
-            h0,
-            c0,
-            p["w_ih"],
-            p["w_hh"],
-            p["bias"],
-            device=self.device,
-            reuse=reuse,
-            need_y=need_y,
-        )
+        """x (T, B, I), or (B, T, I) with batch_first; h0, c0 (num_layers*D, B, H) or None
+        (zeros); lengths None or (B,) integers in [1, T]. Returns (y, h_n, c_n): y (T, B, D*H)
+        (batch_first: (B, T, D*H)), zero past each sequence's end, forward direction's columns
+        first; h_n, c_n (num_layers*D, B, H), entry ``layer * D + direction``.
+
+        ``need_y=False`` returns None for y (the top layer skips it). The layer reuses its
+        buffers from call to call; ``for_backward=False`` (inference: no dropout) leaves what
+        backward needs untouched."""
+        xt = self._check_x(x)
+        steps, batch = xt.shape[0], xt.shape[1]
+        h0 = self._check_state("h0", h0, batch)
+        c0 = self._check_state("c0", c0, batch)
+        if lengths is not None and self.device == "cuda":
+            raise ValueError("lengths: variable lengths are not supported on device='cuda'")
+        drop = for_backward and self.training and self.dropout > 0.0
+        ctxs = self._ctx if for_backward else self._infer_ctx
+        masks: list[Array | None] = []
+        h_n: list[Array] = []
+        c_n: list[Array] = []
+        inp: Array | None = xt
+        for layer in range(self.num_layers):
+            top = layer == self.num_layers - 1
+            outs = []
+            for d in range(self.directions):
+                k = layer * self.directions + d
+                w_ih, w_hh, b_ih, b_hh = (self.params[n] for n in self._names(layer, d))
+                assert inp is not None
+                y_d, h_d, c_d, ctxs[k] = ops.lstm_forward(
+                    inp,
+                    None if h0 is None else h0[k],
+                    None if c0 is None else c0[k],
+                    w_ih,
+                    w_hh,
+                    b_ih + b_hh,
+                    device=self.device,
+                    reuse=ctxs[k],
+                    need_y=need_y or not top,
+                    reverse=d == 1,
+                    lengths=lengths,
+                    for_backward=for_backward,
+                )
+                outs.append(y_d)
+                h_n.append(h_d)
+                c_n.append(c_d)
+            inp = self._join(outs)
+            if not top:
+                assert inp is not None  # every layer below the top returns y
+                mask = self._dropout_mask(inp.shape) if drop else None
+                masks.append(mask)
+                if mask is not None:
+                    inp = inp * mask
         if for_backward:
-            self._ctx = ctx
-        else:
-            self._infer_ctx = ctx
-        if y is not None and self.batch_first:
-            y = y.transpose(1, 0, 2)
-        return y, h_n, c_n
+            self._masks, self._shape = masks, (steps, batch)
+        y = inp.transpose(1, 0, 2) if inp is not None and self.batch_first else inp
+        return y, np.stack(h_n), np.stack(c_n)
+
+    def _join(self, outs: list[Array | None]) -> Array | None:
+        """The directions' outputs side by side: (T, B, D*H), forward first."""
+        present = [y for y in outs if y is not None]
+        if len(present) < len(outs):
+            return None
+        return present[0] if len(present) == 1 else np.concatenate(present, axis=2)
 
     def backward(
         self,
@@ -99,18 +296,59 @@ class LSTM:
         *,
         need_dx: bool = True,
     ) -> tuple[Array | None, Array, Array]:
-        """Gradients of the last forward; fills ``grads``; returns (dx, dh0, dc0)."""
-        if self._ctx is None:
+        """Gradients of the last training forward (``for_backward=True``); fills ``grads``;
+        returns (dx, dh0, dc0) in the shapes of (x, h0, c0). None gradients mean zeros; dy
+        past a sequence's end is ignored. ``need_dx=False`` skips dx (returns None)."""
+        if self._shape is None:
             raise RuntimeError("LSTM.backward called before forward")
-        if dy is not None and self.batch_first:
-            dy = dy.transpose(1, 0, 2)
-        dx, dh0, dc0, dw_ih, dw_hh, dbias = ops.lstm_backward(
-            self._ctx, dy, dh_n, dc_n, need_dx=need_dx
-        )
-        self.grads = {"w_ih": dw_ih, "w_hh": dw_hh, "bias": dbias}
-        if dx is not None and self.batch_first:
-            dx = dx.transpose(1, 0, 2)
-        return dx, dh0, dc0
+        steps, batch = self._shape
+        dirs, h = self.directions, self.hidden_size
+        dh_n = self._check_state("dh_n", dh_n, batch)
+        dc_n = self._check_state("dc_n", dc_n, batch)
+        grad = self._check_dy(dy, steps, batch)
+        dh0: list[Array] = [np.empty(0)] * (self.num_layers * dirs)
+        dc0: list[Array] = [np.empty(0)] * (self.num_layers * dirs)
+        grads: dict[str, Array] = {}
+        for layer in reversed(range(self.num_layers)):
+            if layer < self.num_layers - 1 and grad is not None:
+                mask = self._masks[layer]
+                if mask is not None:
+                    grad = grad * mask
+            dx: Array | None = None
+            for d in range(dirs):
+                k = layer * dirs + d
+                ctx = self._ctx[k]
+                assert ctx is not None
+                dy_d = None if grad is None else grad[:, :, d * h : (d + 1) * h]
+                dx_d, dh0[k], dc0[k], dw_ih, dw_hh, dbias = ops.lstm_backward(
+                    ctx,
+                    dy_d,
+                    None if dh_n is None else dh_n[k],
+                    None if dc_n is None else dc_n[k],
+                    need_dx=need_dx or layer > 0,
+                )
+                dx = dx_d if dx is None or dx_d is None else dx + dx_d  # both directions read x
+                n_ih, n_hh, n_bih, n_bhh = self._names(layer, d)
+                grads[n_ih], grads[n_hh] = dw_ih, dw_hh
+                # the biases enter as a sum: equal gradients, separate arrays (clipping scales
+                # gradients in place)
+                grads[n_bih], grads[n_bhh] = dbias, dbias.copy()
+            grad = dx
+        self.grads = {name: grads[name] for name in self.params}
+        if grad is not None and self.batch_first:
+            grad = grad.transpose(1, 0, 2)
+        return grad, np.stack(dh0), np.stack(dc0)
+
+    def _check_dy(self, dy: Any, steps: int, batch: int) -> Array | None:
+        """dy: None or like y; returned time-major."""
+        if dy is None:
+            return None
+        width = self.directions * self.hidden_size
+        want = (batch, steps, width) if self.batch_first else (steps, batch, width)
+        if not isinstance(dy, np.ndarray) or dy.shape != want or dy.dtype != self.dtype:
+            got = f"{dy.shape} {dy.dtype}" if isinstance(dy, np.ndarray) else type(dy)
+            raise ValueError(f"dy: expected {want} {self.dtype}, got {got}")
+        return dy.transpose(1, 0, 2) if self.batch_first else dy
 
 
 class Linear:
@@ -164,10 +402,46 @@ def softmax_cross_entropy(logits: Array, labels: NDArray[np.integer[Any]]) -> tu
     return loss, np.asarray(grad, dtype=logits.dtype)
 
 
+_V01_NAMES = {"lstm.w_ih": "lstm.weight_ih_l0", "lstm.w_hh": "lstm.weight_hh_l0"}
+_V01_BIAS = ("lstm.bias_ih_l0", "lstm.bias_hh_l0")
+
+
+def upgrade_v01_params(params: Mapping[str, Array]) -> dict[str, Array]:
+    """A classifier's parameters as lstmcore 0.1 saved them (``lstm.w_ih``, ``lstm.w_hh``,
+    ``lstm.bias``: one layer, one direction, one bias) under today's torch names:
+    ``bias_ih_l0`` = the old bias, ``bias_hh_l0`` = 0, so the model computes exactly what it
+    did. Parameters already under today's names come back unchanged."""
+    if "lstm.bias" not in params:
+        return dict(params)
+    out = {_V01_NAMES.get(name, name): value for name, value in params.items()}
+    bias = out.pop("lstm.bias")
+    out[_V01_BIAS[0]], out[_V01_BIAS[1]] = bias, np.zeros_like(bias)
+    return out
+
+
+def upgrade_v01_optim_state(state: Mapping[str, Array]) -> dict[str, Array]:
+    """The optimizer state of a 0.1 checkpoint (per-parameter keys ``<kind>:<name>``) under
+    today's names. Both new biases take the old bias's state: they receive the same gradient
+    as the old single bias did, so their moments and momenta are the old ones."""
+    out: dict[str, Array] = {}
+    for key, value in state.items():
+        kind, sep, name = key.partition(":")
+        if sep and name == "lstm.bias":
+            for new in _V01_BIAS:
+                out[f"{kind}:{new}"] = value.copy()
+        elif sep:
+            out[f"{kind}:{_V01_NAMES.get(name, name)}"] = value
+        else:
+            out[key] = value
+    return out
+
+
 class SequenceClassifier:
-    """LSTM over the rows of each input, its last hidden state into a Linear layer.
+    """An LSTM over the rows of each input; the top layer's final hidden states (both
+    directions side by side when bidirectional) into a Linear layer.
 
     Input (B, T, I) (an MNIST image: T = 28 rows of I = 28 pixels); output logits (B, classes).
+    Parameter names: ``lstm.<torch name>`` and ``head.weight``, ``head.bias``.
     """
 
     def __init__(
@@ -176,22 +450,37 @@ class SequenceClassifier:
         hidden_size: int = 128,
         num_classes: int = 10,
         *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
         forget_bias: float = 1.0,
         dtype: Any = np.float32,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
         rng = np.random.default_rng(seed)
-        self.config = {
+        self.config: dict[str, Any] = {
             "input_size": input_size,
             "hidden_size": hidden_size,
             "num_classes": num_classes,
+            "num_layers": num_layers,
+            "bidirectional": bidirectional,
+            "dropout": dropout,
         }
         self.lstm = LSTM(
-            input_size, hidden_size, forget_bias=forget_bias, dtype=dtype, rng=rng, device=device
+            input_size,
+            hidden_size,
+            num_layers,
+            bidirectional,
+            dropout=dropout,
+            dtype=dtype,
+            rng=rng,
+            forget_bias=forget_bias,
+            device=device,
         )
-        self.head = Linear(hidden_size, num_classes, dtype=dtype, rng=rng)
-        self.dtype = np.dtype(dtype)
+        self.dtype = self.lstm.dtype
+        features = self.lstm.directions * hidden_size
+        self.head = Linear(features, num_classes, dtype=self.dtype, rng=rng)
 
     @property
     def params(self) -> dict[str, Array]:
@@ -214,18 +503,27 @@ class SequenceClassifier:
         # one conversion to the core's layout (T, B, I), C-contiguous, in the model's dtype
         return np.ascontiguousarray(images.transpose(1, 0, 2), dtype=self.dtype)
 
+    def _features(self, h_n: Array) -> Array:
+        """(B, D*H): the top layer's final states, forward direction first."""
+        top = h_n[-self.lstm.directions :]
+        return np.ascontiguousarray(np.concatenate(list(top), axis=1))
+
     def logits(self, images: Array) -> Array:
-        """Inference: no gradients; the training buffers are left alone."""
+        """Inference: no gradients, no dropout; the training buffers are left alone."""
         _, h_n, _ = self.lstm.forward(self._time_major(images), need_y=False, for_backward=False)
-        return self.head.forward(h_n)
+        return self.head.forward(self._features(h_n))
 
     def loss_and_grads(self, images: Array, labels: NDArray[np.integer[Any]]) -> tuple[float, int]:
         """Forward and backward on one batch; fills ``grads``; returns (mean loss, correct)."""
         _, h_n, _ = self.lstm.forward(self._time_major(images), need_y=False)
-        logits = self.head.forward(h_n)
+        logits = self.head.forward(self._features(h_n))
         loss, dlogits = softmax_cross_entropy(logits, labels)
-        dh_n = self.head.backward(dlogits)
-        self.lstm.backward(None, np.ascontiguousarray(dh_n), None, need_dx=False)
+        dfeatures = self.head.backward(dlogits)
+        dh_n = np.zeros_like(h_n)
+        for d in range(self.lstm.directions):  # only the top layer's final states were read
+            h = self.lstm.hidden_size
+            dh_n[len(dh_n) - self.lstm.directions + d] = dfeatures[:, d * h : (d + 1) * h]
+        self.lstm.backward(None, dh_n, None, need_dx=False)
         correct = int((logits.argmax(axis=1) == labels).sum())
         return loss, correct
 

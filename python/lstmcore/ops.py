@@ -173,6 +173,7 @@ def lstm_forward(
     need_y: bool = True,
     reverse: bool = False,
     lengths: NDArray[Any] | None = None,
+    for_backward: bool = True,
 ) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any], LstmContext]:
     """Runs the LSTM over all steps; returns ``(y, h_n, c_n, ctx)``. h0/c0 of None mean zeros.
 
@@ -180,7 +181,9 @@ def lstm_forward(
     and device match, its buffers are overwritten instead of allocating new ones (the old
     context then describes this call). ``need_y=False`` returns None for y and skips its copy.
     ``reverse``: run the steps from T-1 down to 0. ``lengths``: (B,) sequence lengths in
-    [1, T] (see the module's docstring). A context serves one thread at a time.
+    [1, T] (see the module's docstring). ``for_backward=False`` (inference) keeps nothing for
+    backward: the CPU core then writes only the states, never the (T, B, 4H) gates, and
+    ``lstm_backward`` on its context raises ValueError. A context serves one thread at a time.
     """
     _check_device(device)
     args = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh, "bias": bias}
@@ -202,7 +205,11 @@ def lstm_forward(
     old = reuse.native if reuse is not None and reuse.device == device else None
     extra: dict[str, Any] = {}
     if device == "cpu":
-        extra = {"reverse": reverse, "batch_sizes": None if sched is None else sched.batch_sizes}
+        extra = {
+            "reverse": reverse,
+            "batch_sizes": None if sched is None else sched.batch_sizes,
+            "need_cache": for_backward,
+        }
     y, h_n, c_n, native = backend.forward(**arrays, reuse=old, need_y=need_y, **extra)
     back = _inverse(order)
     y, h_n, c_n = _rows(y, back, axis=1), _rows(h_n, back, axis=0), _rows(c_n, back, axis=0)

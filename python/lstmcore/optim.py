@@ -148,13 +148,19 @@ class Adam(Optimizer):
 
 def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
     """torch.nn.utils.clip_grad_norm_: scales every gradient by max_norm / (norm + 1e-6) when
-    the global L2 norm exceeds max_norm; returns the norm before clipping."""
-    total = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
+    the global L2 norm exceeds max_norm; returns the norm before clipping. The sum of squares
+    is accumulated in float64 whatever the gradients' dtype (as the GPU trainer does)."""
+    total = math.sqrt(sum(_sum_of_squares(g) for g in grads.values()))
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for g in grads.values():
             g *= g.dtype.type(coef)
     return total
+
+
+def _sum_of_squares(g: Array) -> float:
+    flat = g.ravel().astype(np.float64)  # float32 dot would accumulate in float32
+    return float(np.dot(flat, flat))
 
 
 def lr_at(

@@ -11,20 +11,24 @@ the current epoch's order.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import _files, checkpoint, data, optim
-from lstmcore.nn import SequenceClassifier
+from lstmcore import _files, checkpoint, data, imaging, optim
+from lstmcore.model import Task, make_permutation, task_record
+from lstmcore.nn import SequenceClassifier, upgrade_v01_optim_state, upgrade_v01_params
 from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
 from lstmcore.stepper import Stepper, make_stepper
 
@@ -33,34 +37,61 @@ Array = NDArray[Any]
 __all__ = [
     "RUN_FILES",
     "Config",
+    "ConfigError",
     "Progress",
     "Reporter",
     "Run",
     "RunData",
+    "RunError",
+    "RunLock",
     "TestResult",
     "TrainingError",
     "load_run_data",
     "lr_for",
     "make_model",
     "make_optimizer",
+    "unsupported_on_device",
 ]
 
 RUN_FILES = ["config.json", "metrics.jsonl", "last.npz", "best.npz"]  # written atomically
+OTHER_FILES = ["curves.png"]  # also replaced by --overwrite
+LOCK_FILE = ".lock"
+
+# the settings a resume may change; every other one is the run's own
+EXTENDABLE = ("epochs", "iters")
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names the step."""
 
 
+class ConfigError(ValueError):
+    """A setting the run or its data cannot honour; the message names the flag."""
+
+
+class RunError(RuntimeError):
+    """The run directory cannot be used: it holds another run, or another process has it."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a Config field."""
+    return "--" + name.replace("_", "-")
+
+
 @dataclass
 class Config:
     """Everything that defines a run's result (saved as config.json; a resume reads it back)."""
 
-    epochs: int = 10
+    # the default recipe (chosen on the validation split): 7 epochs of 256 with random shifts
+    # of up to 2 pixels, Adam 5e-3 with cosine decay
+    epochs: int = 7
     iters: int | None = None
-    batch_size: int = 128
+    batch_size: int = 256
     hidden: int = 128
-    lr: float = 3e-3
+    layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    lr: float = 5e-3
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -73,6 +104,9 @@ class Config:
     train_subset: int | None = None
     data_dir: str | None = None
     download: bool = False
+    task: str = "rows"  # rows | pixels | permuted (lstmcore.model.Task)
+    perm_seed: int = 0  # the permuted task's pixel order
+    shift: int = 2  # augmentation: random shifts of up to this many pixels (CPU only)
 
 
 @dataclass
@@ -101,6 +135,8 @@ class RunData:
     test_x: NDArray[np.float32]
     test_y: NDArray[np.int64]
     num_classes: int
+    task: Task = field(default_factory=Task)
+    image_shape: tuple[int, int] = (28, 28)  # (rows, cols) of the images before the task
 
     @property
     def input_size(self) -> int:
@@ -114,23 +150,110 @@ class TestResult:
     predicted: NDArray[np.int64]
 
 
+def make_task(cfg: Config, image_shape: tuple[int, int]) -> Task:
+    if cfg.task == "permuted":
+        return Task("permuted", make_permutation(image_shape[0] * image_shape[1], cfg.perm_seed))
+    return Task(cfg.task)
+
+
 def load_run_data(cfg: Config) -> RunData:
+    """The splits as the task's sequences (B, T, I), converted once (a copy for permuted);
+    ConfigError when the data set cannot be split as the config says."""
     mnist = data.load_mnist(cfg.data_dir, download_missing=cfg.download)
+    available = len(mnist.train_images)
+    if cfg.val_size >= available:
+        raise ConfigError(
+            f"--val-size {cfg.val_size}: the training set has {available} images; "
+            f"at most {available - 1} can be held out"
+        )
     train_x, train_y, val_x, val_y = data.split_validation(
         mnist.train_images, mnist.train_labels, cfg.val_size
     )
     if cfg.train_subset is not None:
+        if cfg.train_subset > len(train_x):
+            raise ConfigError(
+                f"--train-subset {cfg.train_subset}: only {len(train_x)} training images "
+                f"remain after --val-size {cfg.val_size}"
+            )
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    shape = (int(train_x.shape[1]), int(train_x.shape[2]))
+    task = make_task(cfg, shape)
+    seq = task.sequences
     return RunData(
-        train_x, train_y, val_x, val_y, mnist.test_images, mnist.test_labels, mnist.num_classes
+        seq(train_x),
+        train_y,
+        seq(val_x),
+        val_y,
+        seq(mnist.test_images),
+        mnist.test_labels,
+        mnist.num_classes,
+        task,
+        shape,
     )
 
 
+def unsupported_on_device(cfg: Config, device: str) -> str | None:
+    """Why the model ``cfg`` describes cannot train on ``device``, or None."""
+    if device != "cuda":
+        return None
+    # the GPU trainer runs one unidirectional layer
+    if cfg.layers > 1:
+        return f"--device cuda trains one LSTM layer: --layers {cfg.layers} is not supported there"
+    if cfg.bidirectional:
+        return "--device cuda trains one direction: --bidirectional is not supported there"
+    return None
+
+
+def parameter_count(cfg: Config, input_size: int, num_classes: int) -> int:
+    """The classifier's parameters (torch.nn.LSTM's per layer and direction: W_ih (4H, in),
+    W_hh (4H, H), two biases (4H); then the head (C, H * directions) and its bias)."""
+    directions = 2 if cfg.bidirectional else 1
+    h = cfg.hidden
+    first = directions * 4 * h * (input_size + h + 2)
+    later = (cfg.layers - 1) * directions * 4 * h * (directions * h + h + 2)
+    return first + later + num_classes * (directions * h + 1)
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_fits(cfg: Config, input_size: int, num_classes: int) -> None:
+    """ConfigError naming the size flags when the model could not fit in memory: parameters,
+    gradients and two optimizer moments, 4 float32 copies. Checked before allocating, since a
+    model of many small layers would otherwise be allocated layer by layer until the machine
+    runs out of memory."""
+    count = parameter_count(cfg, input_size, num_classes)
+    need, have = 4 * 4 * count, physical_memory()
+    if have is not None and need > have:
+        sizes = (
+            f"--layers {cfg.layers} --hidden {cfg.hidden}"
+            if cfg.layers > 1
+            else f"--hidden {cfg.hidden}"
+        )
+        raise ConfigError(
+            f"{sizes}: {count:,} parameters need about {need / 2**30:,.0f} GiB with their "
+            f"gradients and optimizer state, more than this machine's "
+            f"{have / 2**30:,.0f} GiB of memory"
+        )
+
+
 def make_model(cfg: Config, input_size: int, num_classes: int, device: str) -> SequenceClassifier:
+    problem = unsupported_on_device(cfg, device)
+    if problem is not None:
+        raise TrainingError(problem)
+    check_model_fits(cfg, input_size, num_classes)
     return SequenceClassifier(
         input_size,
         cfg.hidden,
         num_classes,
+        num_layers=cfg.layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
         forget_bias=cfg.forget_bias,
         seed=cfg.seed,
         device=device,
@@ -154,8 +277,11 @@ class Reporter:
     """What a run prints while it trains: epoch lines and a progress bar on stderr, or nothing
     when quiet. The final result is printed by the caller, quiet or not."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, progress: bool | None = None) -> None:
         self.quiet = quiet
+        # a bar redrawn in place only where someone watches: in a log file its frames would
+        # pile up as thousands of carriage-return lines
+        self.progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
         self._bar: Any = None
         self._started = 0.0
 
@@ -167,7 +293,7 @@ class Reporter:
 
     def start_epoch(self, epoch: int, epochs: int, batches: int, done: int) -> None:
         self._started = time.perf_counter()
-        if self.quiet:
+        if not self.progress:
             return
         from tqdm import tqdm
 
@@ -207,9 +333,46 @@ class Reporter:
         )
 
 
+class RunLock:
+    """An exclusive OS lock (``fcntl.flock``) on RUN_DIR/.lock while a process uses the run
+    directory, so two processes never write (or clean up) each other's files. The file names
+    the holder; the kernel releases the lock when the holder exits, however it exits."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(
+                f"{self.path.parent} is in use by {holder}; wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv)})\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Run:
     """One training run in ``run_dir``: create it with :meth:`create` or :meth:`resume`, then
-    :meth:`train` and :meth:`test`."""
+    :meth:`train` and :meth:`test`; :meth:`close` (or a ``with`` block) releases the run
+    directory's lock."""
 
     def __init__(
         self,
@@ -229,7 +392,23 @@ class Run:
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.prog = Progress()
         self.order = self.rng.permutation(len(run_data.train_x))
+        self.notes: list[str] = []  # how a resume changed the settings (config.json)
         self._stepper: Stepper | None = None
+        self._lock = RunLock(run_dir)
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # ---- creation ------------------------------------------------------------------------------
 
@@ -239,15 +418,29 @@ class Run:
         cfg: Config,
         run_dir: Path,
         *,
+        overwrite: bool = False,
         device: str = "cpu",
         tf32: bool = False,
         reporter: Reporter | None = None,
     ) -> Run:
-        """A new run: loads the data, makes the directory and writes config.json."""
+        """A new run: loads the data, makes and locks the directory and writes config.json.
+        A directory already holding a run is refused (RunError) unless ``overwrite``."""
         run = cls(cfg, run_dir, load_run_data(cfg), device=device, tf32=tf32, reporter=reporter)
         run_dir.mkdir(parents=True, exist_ok=True)
-        _files.write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-        _files.remove_stale_temporaries(run_dir, RUN_FILES)
+        with run._closed_on_error():
+            run._lock.acquire()
+            existing = [n for n in RUN_FILES if (run_dir / n).exists()]
+            if existing and not overwrite:
+                resumable = (run_dir / "last.npz").exists()
+                raise RunError(
+                    f"{run_dir} already holds a run ({', '.join(existing)}): "
+                    + (f"continue it with --resume {run_dir}, or " if resumable else "")
+                    + "replace it with --overwrite"
+                )
+            for name in RUN_FILES + OTHER_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            _files.remove_stale_temporaries(run_dir, RUN_FILES)
+            run.write_config()
         return run
 
     @classmethod
@@ -255,17 +448,45 @@ class Run:
         cls,
         run_dir: Path,
         *,
+        settings: dict[str, Any] | None = None,
         device: str = "cpu",
         tf32: bool = False,
         reporter: Reporter | None = None,
     ) -> Run:
-        """The run saved in ``run_dir`` (its config.json and last.npz), ready to go on."""
-        cfg = read_config(run_dir)
-        run = cls(cfg, run_dir, load_run_data(cfg), device=device, tf32=tf32, reporter=reporter)
-        run.restore(run_dir / "last.npz")
-        run.reporter.say(f"resumed {run_dir} at epoch {run.prog.epoch}, step {run.prog.step}")
-        _files.remove_stale_temporaries(run_dir, RUN_FILES)
+        """The run saved in ``run_dir`` (its config.json and last.npz), ready to go on.
+        ``settings`` (Config fields given again) must agree with the run's own, except
+        --epochs and --iters, which extend or shorten it (noted in config.json)."""
+        cfg, notes = read_config(run_dir)
+        changes = changed_settings(cfg, settings or {})
+        run = cls(
+            apply_changes(cfg, changes),
+            run_dir,
+            load_run_data(cfg),
+            device=device,
+            tf32=tf32,
+            reporter=reporter,
+        )
+        with run._closed_on_error():
+            run._lock.acquire()
+            run.restore(run_dir / "last.npz")
+            run.reporter.say(f"resumed {run_dir} at epoch {run.prog.epoch}, step {run.prog.step}")
+            _files.remove_stale_temporaries(run_dir, RUN_FILES)
+            run.notes = notes + [
+                f"resumed at step {run.prog.step} with {flag(k)} {new} (was {old})"
+                for k, (old, new) in changes.items()
+            ]
+            if changes:
+                run.write_config()
         return run
+
+    def _closed_on_error(self) -> _CloseOnError:
+        return _CloseOnError(self)
+
+    def write_config(self) -> None:
+        saved: dict[str, Any] = asdict(self.cfg)
+        if self.notes:
+            saved["notes"] = self.notes
+        _files.write_text(self.run_dir / "config.json", json.dumps(saved, indent=2) + "\n")
 
     # ---- sizes ---------------------------------------------------------------------------------
 
@@ -302,8 +523,17 @@ class Run:
                 max_loss=self.cfg.max_loss,
                 max_batch=self.cfg.batch_size,
                 tf32=self.tf32,
+                batch=self._batch if self.cfg.shift > 0 else None,
             )
         return self._stepper
+
+    def _batch(self, idx: Array) -> Array:
+        """A training batch with random shifts (--shift), as the task's sequences."""
+        # drawn from the seed and the step alone, so a resumed run draws the same shifts
+        rng = np.random.default_rng((self.cfg.seed, 1, self.prog.step))
+        task, shape = self.data.task, self.data.image_shape
+        images = task.images(self.data.train_x[idx], shape)
+        return task.sequences(imaging.random_shift(images, self.cfg.shift, rng))
 
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> bool:
         """Trains to the end; True when finished, False when ``stop_requested()`` said so
@@ -395,16 +625,21 @@ class Run:
             "config": asdict(self.cfg),
             "progress": asdict(self.prog),
             "rng": self.rng.bit_generator.state,
+            # the dropout masks' generator: a resumed run draws the masks it would have drawn
+            "dropout_rng": self.model.lstm.dropout_rng.bit_generator.state,
             "model": self.model.config,
         }
-        checkpoint.save(
-            path, self.model.params, self.opt.state_dict(), meta, {"epoch_order": order}
-        )
+        task_meta, task_arrays = task_record(self.data.task, self.data.image_shape)
+        meta["task"] = task_meta
+        arrays = {"epoch_order": order, **task_arrays}
+        checkpoint.save(path, self.model.params, self.opt.state_dict(), meta, arrays)
 
     def restore(self, path: Path) -> None:
         """Loads last.npz into model, optimizer, RNG and progress; nothing changes unless all
         of it is valid."""
         params, opt_state, meta, other = checkpoint.load(path)
+        # lstmcore 0.1 wrote one bias under other names: the same model under today's names
+        params, opt_state = upgrade_v01_params(params), upgrade_v01_optim_state(opt_state)
         try:
             prog = Progress(**meta["progress"])
             rng_state = meta["rng"]
@@ -413,11 +648,14 @@ class Run:
             raise checkpoint.CheckpointError(f"{path}: incomplete metadata: {err}") from err
         if len(order) != len(self.data.train_x):
             raise checkpoint.CheckpointError(f"{path}: saved for another data set")
-        trial = np.random.default_rng()
-        try:
-            trial.bit_generator.state = rng_state
-        except (TypeError, ValueError, KeyError) as err:
-            raise checkpoint.CheckpointError(f"{path}: bad RNG state: {err}") from err
+        # 0.1 had no dropout, hence no dropout generator: keep the fresh one
+        dropout_state = meta.get("dropout_rng", self.model.lstm.dropout_rng.bit_generator.state)
+        for state in (rng_state, dropout_state):
+            trial = np.random.default_rng()
+            try:
+                trial.bit_generator.state = state
+            except (TypeError, ValueError, KeyError) as err:
+                raise checkpoint.CheckpointError(f"{path}: bad RNG state: {err}") from err
         try:
             self.opt.check_state(opt_state)
         except ValueError as err:
@@ -425,6 +663,7 @@ class Run:
         checkpoint.assign_params(path, params, self.model.params)  # validates first
         self.opt.load_state_dict(opt_state)
         self.rng.bit_generator.state = rng_state
+        self.model.lstm.dropout_rng.bit_generator.state = dropout_state
         self.prog, self.order = prog, order
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
@@ -440,7 +679,7 @@ class Run:
         best = self.run_dir / "best.npz"
         if best.is_file():
             params, _, _, _ = checkpoint.load(best)
-            checkpoint.assign_params(best, params, self.model.params)
+            checkpoint.assign_params(best, upgrade_v01_params(params), self.model.params)
         predicted = self.model.predict(self.data.test_x)
         correct = int((predicted == self.data.test_y).sum())
         total = len(self.data.test_y)
@@ -465,12 +704,54 @@ class Run:
         return "\n".join(lines)
 
 
-def read_config(run_dir: Path) -> Config:
+class _CloseOnError:
+    """Releases the run's lock when setting the run up fails half-way."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:
+            self.run.close()
+
+
+def read_config(run_dir: Path) -> tuple[Config, list[str]]:
+    """The run's Config and the notes of earlier resumes that changed it."""
     try:
         saved = json.loads((run_dir / "config.json").read_text())
-        return Config(**saved)
-    except (OSError, json.JSONDecodeError, TypeError) as err:
+        notes = saved.pop("notes", [])
+        if not isinstance(notes, list):
+            raise TypeError("notes is not a list")
+        return Config(**saved), [str(n) for n in notes]
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError) as err:
         raise checkpoint.CheckpointError(f"{run_dir}/config.json: cannot resume: {err}") from err
+
+
+def changed_settings(cfg: Config, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved, given)} for the settings that differ from the run's; ConfigError for
+    one that a resume may not change, naming its flag."""
+    changes = {}
+    for name, given in sorted(settings.items()):
+        saved = getattr(cfg, name)
+        if given == saved:
+            continue
+        if name not in EXTENDABLE:
+            raise ConfigError(
+                f"{flag(name)} {given}: the run has {flag(name)} {saved}, and a resumed run "
+                "keeps its settings (only --epochs and --iters may change; start a new run "
+                "with --out for other settings)"
+            )
+        changes[name] = (saved, given)
+    if "epochs" in changes and "iters" not in settings and cfg.iters is not None:
+        changes["iters"] = (cfg.iters, None)  # --epochs given: the run now counts epochs
+    return changes
+
+
+def apply_changes(cfg: Config, changes: dict[str, tuple[Any, Any]]) -> Config:
+    return Config(**{**asdict(cfg), **{k: new for k, (_, new) in changes.items()}})
 
 
 def peak_rss_mb() -> float:

@@ -8,6 +8,7 @@ both devices and lives only here.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,19 +19,35 @@ from lstmcore.nn import SequenceClassifier
 
 Array = NDArray[Any]
 
-__all__ = ["CpuStepper", "CudaStepper", "Stepper", "divergence", "make_stepper"]
+__all__ = [
+    "CpuStepper",
+    "CudaStepper",
+    "DeviceSession",
+    "Stepper",
+    "divergence",
+    "make_stepper",
+    "nonfinite_gradient",
+]
 
 
-def divergence(loss: float, grads: dict[str, Array], max_loss: float) -> str | None:
-    """What shows the run has diverged (the first non-finite quantity, or a loss above
-    max_loss), or None."""
+def divergence(loss: float, gradient_problem: str | None, max_loss: float) -> str | None:
+    """Why this step must not be applied (the run has diverged), or None. The one rule for
+    both devices: a non-finite loss, then a non-finite gradient (``gradient_problem``, as
+    each device detects it), then a loss above ``max_loss``."""
     if not math.isfinite(loss):
         return f"loss is {loss}"
+    if gradient_problem is not None:
+        return gradient_problem
+    if loss > max_loss:
+        return f"loss {loss:.4g} exceeds --max-loss {max_loss:g} (diverging)"
+    return None
+
+
+def nonfinite_gradient(grads: dict[str, Array]) -> str | None:
+    """The first gradient holding a NaN or Inf, by name, or None."""
     for name, g in grads.items():
         if not np.all(np.isfinite(g)):
             return f"gradient of {name} is not finite"
-    if loss > max_loss:
-        return f"loss {loss:.4g} exceeds --max-loss {max_loss:g} (diverging)"
     return None
 
 
@@ -58,18 +75,21 @@ class CpuStepper:
         *,
         clip: float,
         max_loss: float,
+        batch: Callable[[Array], Array] | None = None,
     ) -> None:
         self.model, self.opt = model, opt
         self.images, self.labels = images, labels
         self.clip, self.max_loss = clip, max_loss
+        self.batch = batch  # idx -> the batch's inputs (augmentation), else images[idx]
 
     def step(self, idx: Array, lr: float) -> tuple[float, int, str | None]:
         self.opt.lr = lr
         # non-finite values are caught just below, by name: no numpy warnings
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss, correct = self.model.loss_and_grads(self.images[idx], self.labels[idx])
+            x = self.images[idx] if self.batch is None else self.batch(idx)
+            loss, correct = self.model.loss_and_grads(x, self.labels[idx])
         grads = self.model.grads
-        problem = divergence(loss, grads, self.max_loss)
+        problem = divergence(loss, nonfinite_gradient(grads), self.max_loss)
         if problem is None:
             if self.clip > 0:
                 optim.clip_grad_norm(grads, self.clip)
@@ -83,37 +103,46 @@ class CpuStepper:
         return self.model.predict(images)
 
 
+class DeviceSession(Protocol):
+    """What CudaStepper needs of lstmcore.cuda_train.CudaSession."""
+
+    def compute(self, indices: Array) -> tuple[float, int, float]: ...
+
+    def apply(self, lr: float) -> None: ...
+
+    def push(self, model: SequenceClassifier, opt: optim.Optimizer) -> None: ...
+
+    def pull(self, model: SequenceClassifier, opt: optim.Optimizer) -> None: ...
+
+    def predict(self, images: Array) -> NDArray[np.int64]: ...
+
+
 class CudaStepper:
-    """One training step on the GPU (lstmcore.cuda_train); sync() brings the device state to
-    the host model and optimizer before they are evaluated or saved."""
+    """One training step on the GPU (lstmcore.cuda_train): the device computes the gradients,
+    :func:`divergence` decides on the host, and only then does the device apply the update.
+    sync() brings the device state to the host model and optimizer before they are evaluated
+    or saved."""
 
     def __init__(
         self,
         model: SequenceClassifier,
         opt: optim.Optimizer,
-        images: Array,
-        labels: Array,
+        session: DeviceSession,
         *,
-        clip: float,
         max_loss: float,
-        max_batch: int,
-        tf32: bool,
     ) -> None:
-        from lstmcore.cuda_train import CudaSession
-
-        self.model, self.opt, self.max_loss = model, opt, max_loss
-        self.session = CudaSession(
-            model, opt, images, labels, max_batch=max_batch, clip=clip, tf32=tf32
-        )
+        self.model, self.opt, self.session, self.max_loss = model, opt, session, max_loss
         self.session.push(model, opt)
 
     def step(self, idx: Array, lr: float) -> tuple[float, int, str | None]:
         self.opt.lr = lr
-        loss, correct, applied = self.session.step(idx, lr)
-        # the device skips a non-finite update itself; name what was not finite
-        if not applied and math.isfinite(loss):
-            return loss, correct, "a gradient is not finite"
-        return loss, correct, divergence(loss, {}, self.max_loss)
+        loss, correct, grad_norm = self.session.compute(idx)
+        # the norm (accumulated in float64) is finite exactly when every gradient is
+        gradient_problem = None if math.isfinite(grad_norm) else "a gradient is not finite"
+        problem = divergence(loss, gradient_problem, self.max_loss)
+        if problem is None:
+            self.session.apply(lr)
+        return loss, correct, problem
 
     def sync(self) -> None:
         self.session.pull(self.model, self.opt)
@@ -134,16 +163,15 @@ def make_stepper(
     max_loss: float,
     max_batch: int,
     tf32: bool,
+    batch: Callable[[Array], Array] | None = None,
 ) -> Stepper:
+    """``batch``: idx -> the batch's inputs, when they are not ``images[idx]`` (CPU only: the
+    GPU keeps the training set on the device)."""
     if device == "cuda":
-        return CudaStepper(
-            model,
-            opt,
-            images,
-            labels,
-            clip=clip,
-            max_loss=max_loss,
-            max_batch=max_batch,
-            tf32=tf32,
-        )
-    return CpuStepper(model, opt, images, labels, clip=clip, max_loss=max_loss)
+        if batch is not None:
+            raise ValueError("augmented batches (--shift) need --device cpu")
+        from lstmcore.cuda_train import CudaSession
+
+        session = CudaSession(model, opt, images, labels, max_batch=max_batch, clip=clip, tf32=tf32)
+        return CudaStepper(model, opt, session, max_loss=max_loss)
+    return CpuStepper(model, opt, images, labels, clip=clip, max_loss=max_loss, batch=batch)

@@ -1,6 +1,8 @@
 """``python -m lstmcore.train``: the row-by-row MNIST LSTM, trained by the C++ core.
 
-Each 28x28 image is a sequence of 28 rows of 28 pixels; one LSTM layer; its last hidden state
+Each 28x28 image is a sequence of 28 rows of 28 pixels (``--task pixels``: 784 pixels, one a
+step; ``--task permuted``: the same in one fixed random order); an LSTM (one layer by default;
+more with --layers, both directions with --bidirectional); the top layer's last hidden states
 into a linear layer to the classes; softmax cross-entropy. The last line printed is
 ``test accuracy: XX.XX% (correct/total)``.
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -21,21 +24,31 @@ from typing import Any
 
 import lstmcore
 from lstmcore import checkpoint, data
-from lstmcore.run import Config, Reporter, Run, TrainingError
+from lstmcore.model import TASKS
+from lstmcore.run import (
+    Config,
+    ConfigError,
+    Reporter,
+    Run,
+    RunError,
+    TrainingError,
+    unsupported_on_device,
+)
 
 EXIT_INTERRUPTED = 130
 
 
-def _int_at_least(minimum: int) -> Any:
-    """An argparse type: an integer >= minimum, else a usage error."""
+def _int_at_least(minimum: int, maximum: int | None = None) -> Any:
+    """An argparse type: an integer >= minimum (and <= maximum), else a usage error."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            wanted = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected an integer {wanted}, got {text!r}")
         return value
 
     return parse
@@ -43,6 +56,8 @@ def _int_at_least(minimum: int) -> Any:
 
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
+# OpenBLAS's pool has 64 threads at most (more only warn); larger machines may use their cores
+MAX_THREADS = max(64, os.cpu_count() or 1)
 
 
 def non_negative_float(text: str) -> float:
@@ -52,6 +67,27 @@ def non_negative_float(text: str) -> float:
         value = -1.0
     if not (value >= 0.0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1) (1 would drop every activation)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
     return value
 
 
@@ -73,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="batch size")
     p.add_argument("--hidden", type=positive_int, default=d.hidden, help="LSTM hidden units")
+    p.add_argument("--layers", type=positive_int, default=d.layers, help="stacked LSTM layers")
+    p.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="each layer runs both directions; the classifier reads both final states",
+    )
+    p.add_argument(
+        "--dropout",
+        type=probability,
+        default=d.dropout,
+        help="dropout on each LSTM layer's output but the last (training only, torch's rule)",
+    )
     p.add_argument("--lr", type=non_negative_float, default=d.lr, help="peak learning rate")
     p.add_argument(
         "--optimizer",
@@ -103,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--forget-bias",
-        type=float,
+        type=finite_float,
         default=d.forget_bias,
-        help="added to the forget gate's initial bias",
+        help="added to the forget gate's initial bias (bias_ih + bias_hh: half to each)",
     )
     p.add_argument(
         "--max-loss",
@@ -131,6 +179,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train on only the first N training images (quick checks)",
     )
+    p.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default=d.task,
+        help="rows: 28 steps of 28 pixels; pixels: 784 steps of 1 pixel; permuted: 784 steps "
+        "of 1 pixel in one fixed random order (--perm-seed), stored in the checkpoint",
+    )
+    p.add_argument(
+        "--perm-seed",
+        type=non_negative_int,
+        default=d.perm_seed,
+        help="seed of the permuted task's pixel order",
+    )
+    p.add_argument(
+        "--shift",
+        type=non_negative_int,
+        default=None,
+        help=f"augmentation: move each training image by up to N pixels at random (default "
+        f"{d.shift} on the CPU; 0, and only 0, with --device cuda)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train")
     p.add_argument(
         "--tf32",
@@ -140,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=positive_int,
+        type=_int_at_least(1, MAX_THREADS),
         default=None,
         help="CPU threads for the core (default: all cores, or LSTMCORE_NUM_THREADS)",
     )
@@ -165,78 +233,138 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         default=None,
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last.npz, with its saved config",
+        help="continue the run in RUN_DIR from its last.npz, with its saved config; "
+        "--epochs and --iters may extend it (noted in its config.json), other run settings "
+        "must agree with the saved ones",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (without it, an existing run is refused)",
     )
     p.add_argument("--quiet", action="store_true", help="print only the final result")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the progress bar on stderr (default: only when stderr is a terminal); epoch "
+        "lines and the result are printed either way",
+    )
     return p
 
 
 class _Interrupt:
-    """SIGINT sets a flag that the loop checks between steps, so a step is never cut in half."""
+    """The first SIGINT sets a flag that the loop checks between steps, so a step is never cut
+    in half and last.npz is saved; a second one exits at once, without saving."""
 
     def __init__(self) -> None:
         self.requested = False
 
     def __call__(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
         self.requested = True
 
 
-def check_device(device: str) -> str | None:
-    """None when training can run on ``device``, else the reason it cannot."""
+def check_device(device: str, cfg: Config | None = None) -> str | None:
+    """None when training (the model ``cfg`` describes, if given) can run on ``device``, else
+    the reason it cannot."""
     if device == "cpu":
         return None
+    if cfg is not None and (problem := unsupported_on_device(cfg, device)) is not None:
+        return problem
     from lstmcore import cuda
 
     ok, reason = cuda.available()
     return None if ok else f"--device cuda: {reason}"
 
 
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The destinations of the flags written on the command line (not left at defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(**{k: getattr(args, k) for k in asdict(Config()) if hasattr(args, k)})
+    values = {k: getattr(args, k) for k in asdict(Config()) if hasattr(args, k)}
+    if values.get("shift") is None:
+        # the GPU keeps the training set on the device: no per-batch augmentation there
+        values["shift"] = 0 if args.device == "cuda" else Config().shift
+    return Config(**values)
 
 
-def open_run(args: argparse.Namespace) -> Run:
-    reporter = Reporter(quiet=bool(args.quiet))
+def open_run(args: argparse.Namespace, given: set[str]) -> Run:
+    reporter = Reporter(quiet=bool(args.quiet), progress=args.progress)
+    options = {"device": args.device, "tf32": args.tf32, "reporter": reporter}
     if args.resume:
-        return Run.resume(Path(args.resume), device=args.device, tf32=args.tf32, reporter=reporter)
+        if "out" in given:
+            raise ConfigError(f"--out {args.out}: a resumed run stays in --resume {args.resume}")
+        settings = {k: getattr(args, k) for k in given if k in asdict(Config())}
+        return Run.resume(Path(args.resume), settings=settings, **options)
     run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    return Run.create(
-        config_from_args(args), run_dir, device=args.device, tf32=args.tf32, reporter=reporter
-    )
+    return Run.create(config_from_args(args), run_dir, overwrite=args.overwrite, **options)
 
 
-def train(args: argparse.Namespace) -> int:
-    run = open_run(args)
-    interrupt = _Interrupt()
-    previous_handler = signal.signal(signal.SIGINT, interrupt)
-    try:
-        finished = run.train(lambda: interrupt.requested)
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    if not finished:
-        last = run.run_dir / "last.npz"
-        print(
-            f"interrupted at step {run.prog.step}: saved {last}; "
-            f"continue with --resume {run.run_dir}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    print(run.report(run.test()))
+def train(args: argparse.Namespace, given: set[str]) -> int:
+    with open_run(args, given) as run:
+        interrupt = _Interrupt()
+        previous_handler = signal.signal(signal.SIGINT, interrupt)
+        try:
+            finished = run.train(lambda: interrupt.requested)
+        except KeyboardInterrupt:
+            print(
+                "error: interrupted again: stopped at once, without saving "
+                f"(last.npz keeps the previous save; continue with --resume {run.run_dir})",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+        if not finished:
+            last = run.run_dir / "last.npz"
+            print(
+                f"interrupted at step {run.prog.step}: saved {last}; "
+                f"continue with --resume {run.run_dir}",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        print(run.report(run.test()))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problem = check_device(args.device)
+    problem = None
+    if args.device == "cuda" and args.shift:
+        problem = "--shift needs --device cpu (the GPU path keeps the training set on the device)"
+    if problem is None:
+        # a new run's model is checked here, before any work; a resumed one when its config is
+        # read
+        problem = check_device(args.device, None if args.resume else config_from_args(args))
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 1
     if args.threads is not None:
         lstmcore.set_num_threads(args.threads)
     try:
-        return train(args)
-    except (data.DataError, checkpoint.CheckpointError, TrainingError, OSError) as err:
+        return train(args, given_flags(argv))
+    except (
+        ConfigError,
+        RunError,
+        data.DataError,
+        checkpoint.CheckpointError,
+        TrainingError,
+        OSError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except MemoryError as err:
+        print(
+            f"error: out of memory: {err} (a smaller --hidden or --batch-size needs less)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -15,7 +15,14 @@
 #define LSTMCORE_HD inline
 #endif
 
-namespace lstmcore {
+// LSTMCORE_CELL_NS: the namespace of this math. The CPU kernels compile it once per ISA, each
+// inside its own namespace (kernels/impl.h), so the linker can never merge an AVX-512 copy of
+// an inline function into the generic path.
+#ifndef LSTMCORE_CELL_NS
+#define LSTMCORE_CELL_NS lstmcore
+#endif
+
+namespace LSTMCORE_CELL_NS {
 
 // The activations. Generic versions call the device's libm (float on CUDA, and double
 // everywhere, where the tests demand 1e-10). On the CPU, float gets versions without libm calls
@@ -127,4 +134,4 @@ LSTMCORE_HD CellGrad<S> cell_backward(S i, S f, S g, S o, S c_prev, S tanh_c, S 
   return d;
 }
 
-}  // namespace lstmcore
+}  // namespace LSTMCORE_CELL_NS

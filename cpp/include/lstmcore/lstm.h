@@ -51,7 +51,7 @@ struct LstmCache {
   S* gates;   // (T, B, 4H) post-activation i, f, g, o
   S* h_all;   // (T+1, B, H) states, slots as above
   S* c_all;   // (T+1, B, H) cell states, slots as above
-  S* tanh_c;  // (T, B, H) tanh(c_t): backward never recomputes it
+  S* tanh_c;  // (T, B, H) tanh(c_t): backward never recomputes it; null: inference (see below)
 };
 
 template <typename S>
@@ -66,7 +66,8 @@ struct LstmConstCache {
 void check_batch_sizes(const std::int64_t* batch_sizes, const Dims& d);
 
 // Runs the LSTM over all T steps and fills `cache`; h_n and c_n are in final_slot() of
-// cache.h_all and cache.c_all; lstm_collect_y() gathers y.
+// cache.h_all and cache.c_all; lstm_collect_y() gathers y. Inference: with cache.tanh_c null,
+// only h_all and c_all are written (gates may be null too) and backward must not be called.
 template <typename S>
 void lstm_forward(const LstmCache<S>& cache,
                   const S* x,     // (T, B, I)
@@ -123,6 +124,16 @@ int get_num_threads();
 
 // Name of the BLAS kernel set chosen at run time (e.g. "SkylakeX", "Haswell").
 const char* blas_core_name();
+
+// The recurrent kernels' instruction set: "avx512", "avx2" or "generic", chosen once from cpuid
+// (the widest this CPU runs) unless the environment variable LSTMCORE_ISA names one. isa()
+// throws std::invalid_argument when LSTMCORE_ISA names an unknown path or one this CPU lacks.
+const char* isa();
+// Switches the path for later calls (tests run every supported path); throws
+// std::invalid_argument for an unknown name or a path this CPU cannot run.
+void set_isa(const char* name);
+// Whether this CPU runs the named path; if not and reason is not null, *reason says why.
+bool isa_supported(const char* name, const char** reason);
 
 }  // namespace lstmcore
 

@@ -1,0 +1,214 @@
+"""``python -m lstmcore.export CHECKPOINT OUT.onnx``: the trained classifier as an ONNX model.
+
+Input ``images``: (batch, rows, cols) float32 in [0, 1] (batch dynamic); output ``logits``:
+(batch, classes). The graph holds the task's input transform (rows: a transpose to time-major;
+pixels: 784 steps of 1 pixel; permuted: a Gather with the stored permutation), then ONNX's own
+LSTM operator per layer (both directions in one node when bidirectional), then the linear head
+(Gemm) on the top layer's final hidden states. Needs the ``onnx`` package
+(``pip install 'lstmcore[onnx]'``); run it with onnxruntime::
+
+    import onnxruntime as ort
+    session = ort.InferenceSession("model.onnx")
+    logits = session.run(["logits"], {"images": images})[0]   # images float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lstmcore import _files, checkpoint, model
+
+Array = NDArray[Any]
+
+__all__ = ["OPSET", "LstmLayer", "build_onnx", "export", "lstm_layers"]
+
+OPSET = 17  # LSTM, Gather, Gemm as used here are unchanged since; onnxruntime runs 7..23+
+
+# torch's gate blocks are i, f, g, o; ONNX's are i, o, f, c (c is torch's g)
+_TORCH_TO_ONNX_GATES = [0, 3, 1, 2]
+
+
+class ExportError(ValueError):
+    """The model cannot be exported (or onnx is missing); the message says why."""
+
+
+@dataclass(frozen=True)
+class LstmLayer:
+    """One layer's weights, one entry per direction (forward first), torch's gate order."""
+
+    w_ih: list[Array]  # (4H, I) each
+    w_hh: list[Array]  # (4H, H) each
+    b_ih: list[Array]  # (4H,) each
+    b_hh: list[Array]  # (4H,) each
+
+
+def lstm_layers(params: dict[str, Array], prefix: str = "lstm.") -> list[LstmLayer]:
+    """The LSTM's layers from a classifier's parameters, in either naming: lstmcore 0.1's one
+    layer (``w_ih``, ``w_hh``, one ``bias``) or torch's state_dict names (``weight_ih_l{k}``,
+    ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, each also with ``_reverse``)."""
+    if f"{prefix}w_ih" in params:
+        bias = params[f"{prefix}bias"]
+        return [
+            LstmLayer(
+                [params[f"{prefix}w_ih"]], [params[f"{prefix}w_hh"]], [bias], [np.zeros_like(bias)]
+            )
+        ]
+    layers = []
+    pattern = re.compile(re.escape(prefix) + r"weight_ih_l(\d+)$")
+    count = sum(1 for name in params if pattern.match(name))
+    for k in range(count):
+        suffixes = [f"_l{k}"] + (
+            [f"_l{k}_reverse"] if f"{prefix}weight_ih_l{k}_reverse" in params else []
+        )
+        layer = LstmLayer([], [], [], [])
+        for s in suffixes:
+            w_ih = params[f"{prefix}weight_ih{s}"]
+            zeros = np.zeros(w_ih.shape[0], dtype=w_ih.dtype)
+            layer.w_ih.append(w_ih)
+            layer.w_hh.append(params[f"{prefix}weight_hh{s}"])
+            layer.b_ih.append(params.get(f"{prefix}bias_ih{s}", zeros))
+            layer.b_hh.append(params.get(f"{prefix}bias_hh{s}", zeros))
+        layers.append(layer)
+    if not layers:
+        raise ExportError("no LSTM weights found in the checkpoint's parameters")
+    return layers
+
+
+def _onnx_gates(w: Array) -> NDArray[np.float32]:
+    """Rows (4H, ...) from torch's gate order to ONNX's."""
+    h = w.shape[0] // 4
+    blocks = w.reshape(4, h, *w.shape[1:])[_TORCH_TO_ONNX_GATES]
+    out: NDArray[np.float32] = blocks.reshape(w.shape).astype(np.float32)
+    return out
+
+
+def _require_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as err:
+        raise ExportError(
+            "exporting needs the onnx package: pip install 'lstmcore[onnx]' (or pip install onnx)"
+        ) from err
+    return onnx
+
+
+class _Graph:
+    """Collects nodes and initializers; names are generated so no two collide."""
+
+    def __init__(self, onnx: Any) -> None:
+        self.onnx = onnx
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self._n = 0
+
+    def const(self, name: str, value: Array) -> str:
+        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> list[str]:
+        self._n += 1
+        outs = [f"{op.lower()}_{self._n}_{i}" for i in range(n_out)]
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, outs, **attrs))
+        return outs
+
+    def one(self, op: str, inputs: list[str], **attrs: Any) -> str:
+        return self.node(op, inputs, 1, **attrs)[0]
+
+
+def _time_major(g: _Graph, task: model.Task) -> str:
+    """images (N, rows, cols) -> x (T, N, I), as Task.sequences does then the core's layout."""
+    if task.name == "rows":
+        return g.one("Transpose", ["images"], perm=[1, 0, 2])
+    flat = g.one("Reshape", ["images", g.const("flat_shape", np.array([0, -1], np.int64))])
+    if task.permutation is not None:
+        perm = g.const("permutation", task.permutation.astype(np.int64))
+        flat = g.one("Gather", [flat, perm], axis=1)
+    steps = g.one("Transpose", [flat], perm=[1, 0])
+    return g.one("Unsqueeze", [steps, g.const("step_axes", np.array([2], np.int64))])
+
+
+def _lstm_stack(g: _Graph, x: str, layers: list[LstmLayer]) -> str:
+    """x (T, N, I) through every layer; returns the top layer's final states (N, D*H)."""
+    merge_shape = g.const("merge_dirs", np.array([0, 0, -1], np.int64))
+    last_h = ""
+    for k, layer in enumerate(layers):
+        d = len(layer.w_ih)
+        h = layer.w_hh[0].shape[1]
+        w = g.const(f"W_l{k}", np.stack([_onnx_gates(m) for m in layer.w_ih]))
+        r = g.const(f"R_l{k}", np.stack([_onnx_gates(m) for m in layer.w_hh]))
+        biases = [
+            np.concatenate([_onnx_gates(bi), _onnx_gates(bh)])
+            for bi, bh in zip(layer.b_ih, layer.b_hh, strict=True)
+        ]
+        b = g.const(f"B_l{k}", np.stack(biases))
+        direction = "bidirectional" if d == 2 else "forward"
+        y, last_h = g.node("LSTM", [x, w, r, b], 2, hidden_size=h, direction=direction)
+        # Y (T, D, N, H) -> (T, N, D*H): the next layer reads both directions concatenated
+        x = g.one("Reshape", [g.one("Transpose", [y], perm=[0, 2, 1, 3]), merge_shape])
+    # Y_h (D, N, H) -> (N, D*H), forward then reverse as torch concatenates them
+    batch_major = g.one("Transpose", [last_h], perm=[1, 0, 2])
+    return g.one("Reshape", [batch_major, g.const("feature_shape", np.array([0, -1], np.int64))])
+
+
+def build_onnx(classifier: model.Classifier) -> Any:
+    """The classifier as an onnx.ModelProto (checked by onnx.checker)."""
+    onnx = _require_onnx()
+    g = _Graph(onnx)
+    params = classifier.network.params
+    features = _lstm_stack(g, _time_major(g, classifier.task), lstm_layers(params))
+    weight = g.const("head_weight", params["head.weight"].astype(np.float32))
+    bias = g.const("head_bias", params["head.bias"].astype(np.float32))
+    g.nodes.append(onnx.helper.make_node("Gemm", [features, weight, bias], ["logits"], transB=1))
+    rows, cols = classifier.image_shape
+    tensor = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        g.nodes,
+        "lstmcore_classifier",
+        [onnx.helper.make_tensor_value_info("images", tensor, ["batch", rows, cols])],
+        [onnx.helper.make_tensor_value_info("logits", tensor, ["batch", classifier.num_classes])],
+        g.inits,
+    )
+    proto = onnx.helper.make_model(
+        graph,
+        opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+        producer_name="lstmcore",
+    )
+    proto.doc_string = f"lstmcore {classifier.task.name} classifier; images float32 in [0, 1]"
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export(checkpoint_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Writes the checkpoint's classifier to ``out`` as ONNX (atomically)."""
+    proto = build_onnx(model.load(checkpoint_path))
+    with _files.atomic_write(out) as (handle, _):
+        handle.write(proto.SerializeToString())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lstmcore.export",
+        description="Export a trained checkpoint to ONNX (needs: pip install 'lstmcore[onnx]').",
+    )
+    parser.add_argument("checkpoint", help="a best.npz or last.npz written by lstmcore.train")
+    parser.add_argument("out", help="the .onnx file to write")
+    args = parser.parse_args(argv)
+    try:
+        export(args.checkpoint, args.out)
+    except (ExportError, checkpoint.CheckpointError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
