@@ -696,10 +696,8 @@ def cpu_flags() -> list[str]:
 
 
 def isa_path() -> str:
-    """lstmcore's ISA path. lstmcore.isa() arrives with the fused kernels (helper i9); until
-    it is in main this says "unknown" (after the merge: return lstmcore.isa())."""
-    isa = getattr(lstmcore, "isa", None)
-    return str(isa()) if callable(isa) else "unknown"
+    """The instruction set of lstmcore's CPU kernels (avx512, avx2 or generic)."""
+    return lstmcore.isa()
 
 
 def versions() -> dict[str, str]:
