@@ -143,3 +143,16 @@ def test_idle_workers_sleep_after_a_call() -> None:
     # workers spin for at most ~0.1 ms after a job, then sleep in the kernel (other libraries'
     # pools, e.g. numpy's BLAS after the reference ran, are not counted)
     assert busy <= 0.02, f"the core's workers used {busy:.3f} s of CPU while idle"
+
+
+def test_the_callers_floating_point_mode_is_left_as_it_was(rng: np.random.Generator) -> None:
+    """The core flushes denormals while it computes (pool.h: DenormalsAreZero); the caller's
+    thread must get its own mode back, or NumPy's arithmetic after a call would change."""
+    tiny = np.float32(1e-38) * np.float32(0.01)  # a denormal result: nonzero in IEEE mode
+    assert tiny != 0
+    x = rng.standard_normal((5, 3, 4), dtype=np.float32)
+    w_ih = rng.standard_normal((8, 4), dtype=np.float32)
+    w_hh = rng.standard_normal((8, 2), dtype=np.float32)
+    *_, ctx = ops.lstm_forward(x, None, None, w_ih, w_hh, np.zeros(8, np.float32))
+    ops.lstm_backward(ctx, None, None, None)
+    assert np.float32(1e-38) * np.float32(0.01) == tiny

@@ -269,6 +269,7 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
                   const i64* batch_sizes) {
   check_dims(d);
   check_batch_sizes(batch_sizes, d);
+  const pool::DenormalsAreZero daz;  // the calling thread's share (BLAS, packing); see pool.h
   const i64 B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
   const kern::Ops<S>& K = ops_of<S>(kern::active());
 
@@ -423,6 +424,7 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
                    const S* dc_n, const Dims& d, bool reverse, const i64* batch_sizes) {
   check_dims(d);
   check_batch_sizes(batch_sizes, d);
+  const pool::DenormalsAreZero daz;  // the calling thread's share (BLAS, packing); see pool.h
   const i64 B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
   const kern::Ops<S>& K = ops_of<S>(kern::active());
 

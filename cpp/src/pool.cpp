@@ -146,6 +146,7 @@ thread_local bool t_in_task = false;
 
 void run_member(Pool& p, int tid) {
   t_in_task = true;
+  const DenormalsAreZero daz;
   try {
     p.task(p.ctx, tid, p.team);
   } catch (...) {
@@ -205,6 +206,7 @@ class SoloTeam final : public Team {
 void run(int n, TaskFn task, void* ctx) {
   if (n <= 1 || t_in_task) {
     SoloTeam solo;
+    const DenormalsAreZero daz;
     task(ctx, 0, solo);
     return;
   }
