@@ -159,8 +159,11 @@ def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
 
 
 def _sum_of_squares(g: Array) -> float:
-    flat = g.ravel().astype(np.float64)  # float32 dot would accumulate in float32
-    return float(np.dot(flat, flat))
+    # in float64 (a float32 sum would accumulate in float32), and not through np.dot: numpy's
+    # BLAS threads keep spinning after a call and would compete with the core's pool for the
+    # cores at every training step
+    flat = g.ravel().astype(np.float64)
+    return float(np.square(flat).sum())
 
 
 def lr_at(
