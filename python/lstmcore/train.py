@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=non_negative_int,
         default=d.seed,
-        help="seed for initialisation and shuffling",
+        help="seed for initialisation, shuffling, shifts and dropout masks",
     )
     p.add_argument(
         "--val-size",
