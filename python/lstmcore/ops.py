@@ -1,9 +1,9 @@
 """``lstm_forward`` / ``lstm_backward``: NumPy arrays in, NumPy arrays out.
 
-Inputs may have any memory layout (Fortran order, slices, negative strides): they are converted
-to C-contiguous arrays here, once. All arrays must share one dtype, float32 or float64; the core
-checks every shape and names the argument that is wrong. Outputs are fresh arrays and inputs are
-never written. The GIL is released while the core computes.
+Inputs may have any memory layout (Fortran order, slices, negative strides, unaligned buffers):
+they are converted to C-contiguous aligned arrays here, once. All arrays must share one dtype,
+float32 or float64; the core checks every shape and names the argument that is wrong. Outputs
+are fresh arrays and inputs are never written. The GIL is released while the core computes.
 
 Shapes (torch.nn.LSTM's): x (T, B, I); h0, c0 (B, H); w_ih (4H, I); w_hh (4H, H); bias (4H,);
 y (T, B, H); h_n, c_n (B, H).
@@ -132,7 +132,8 @@ def _common_dtype(named: dict[str, Any]) -> np.dtype:
 
 
 def _contiguous(value: NDArray[Any] | None) -> NDArray[Any] | None:
-    return None if value is None else np.ascontiguousarray(value)
+    """C-contiguous and aligned (the core reads whole aligned elements): a copy only if not."""
+    return None if value is None else np.require(value, requirements=("C", "A"))
 
 
 def _check_sizes(x: NDArray[Any], w_hh: NDArray[Any]) -> None:
@@ -262,7 +263,5 @@ def matmul(
     thread. The layers around the LSTM use it so that numpy's BLAS threads, which keep spinning
     after each call, never compete with the core's threads for the cores."""
     _common_dtype({"a": a, "b": b})  # one float dtype, or ValueError naming the argument
-    out: NDArray[Any] = _core.matmul(
-        np.ascontiguousarray(a), np.ascontiguousarray(b), trans_a, trans_b
-    )
+    out: NDArray[Any] = _core.matmul(_contiguous(a), _contiguous(b), trans_a, trans_b)
     return out
