@@ -3,7 +3,8 @@
 // The boundary is strict: every array must already have the expected dtype, ndim, shape,
 // C-contiguous layout and alignment (the Python layer converts once, on purpose). Messages name
 // the argument and give expected vs actual. Pointers are read with the GIL held; the compute
-// runs with it released. Inputs are never written; outputs are fresh arrays.
+// runs with it released. Inputs are never written (adam_update's p, m and v excepted: it updates
+// them in place); outputs are fresh arrays.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -15,7 +16,9 @@
 #include <vector>
 
 #include "boundary.h"
+#include "lstmcore/batch.h"
 #include "lstmcore/lstm.h"
+#include "lstmcore/optim.h"
 
 namespace py = pybind11;
 using lstmcore::Dims;
@@ -238,6 +241,119 @@ py::array matmul(const py::object& a_obj, const py::object& b_obj, bool trans_a,
   return matmul_impl<double>(a, b, trans_a, trans_b);
 }
 
+// The optimizer's arrays: p, m and v are written in place (the one exception to "inputs are
+// never written"), so each must be writeable and none may share memory with another.
+py::array writeable(const py::handle& obj, const char* name, const Shape& shape,
+                    const py::dtype& dt) {
+  py::array a = require(obj, name, shape, dt);
+  if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": expected a writeable array");
+  return a;
+}
+
+bool overlap(const py::array& a, const py::array& b) {
+  const auto* a0 = static_cast<const char*>(a.data());
+  const auto* b0 = static_cast<const char*>(b.data());
+  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+template <typename S>
+void adam_impl(py::array& p, const py::object& g_obj, const py::object& m_obj,
+               const py::object& v_obj, const lstmcore::AdamHyper& h) {
+  const Shape shape = shape_of(p);
+  const py::dtype dt = p.dtype();
+  py::array g = require(g_obj, "g", shape, dt);
+  py::array m = writeable(m_obj, "m", shape, dt);
+  py::array v = writeable(v_obj, "v", shape, dt);
+  // the update reads and writes through restrict pointers: no two of the arrays may overlap
+  const py::array* arrays[] = {&p, &g, &m, &v};
+  for (int i = 0; i < 4; ++i) {
+    for (int j = i + 1; j < 4; ++j) {
+      if (overlap(*arrays[i], *arrays[j])) {
+        throw std::invalid_argument("adam_update: p, g, m and v must not share memory");
+      }
+    }
+  }
+  S* pp = mut<S>(p);
+  S* mp = mut<S>(m);
+  S* vp = mut<S>(v);
+  const S* gp = static_cast<const S*>(g.data());
+  const auto n = static_cast<std::int64_t>(p.size());
+  py::gil_scoped_release nogil;
+  lstmcore::adam_update<S>(pp, gp, mp, vp, n, h);
+}
+
+void adam_update(const py::object& p_obj, const py::object& g, const py::object& m,
+                 const py::object& v, const lstmcore::AdamHyper& h) {
+  if (!py::isinstance<py::array>(p_obj)) fail("p", "a numpy array", p_obj);
+  auto p0 = py::reinterpret_borrow<py::array>(p_obj);
+  const py::dtype dt = p0.dtype();
+  if (!is_float32(dt) && !dt.equal(py::dtype::of<double>())) {
+    fail("p", "dtype float32 or float64", p_obj);
+  }
+  py::array p = writeable(p_obj, "p", shape_of(p0), dt);
+  lstmcore::check_adam(h);
+  if (is_float32(dt)) {
+    adam_impl<float>(p, g, m, v, h);
+  } else {
+    adam_impl<double>(p, g, m, v, h);
+  }
+}
+
+double sum_of_squares(const py::object& x_obj) {
+  if (!py::isinstance<py::array>(x_obj)) fail("x", "a numpy array", x_obj);
+  auto x0 = py::reinterpret_borrow<py::array>(x_obj);
+  const py::dtype dt = x0.dtype();
+  py::array x = require(x_obj, "x", shape_of(x0), dt);
+  const auto n = static_cast<std::int64_t>(x.size());
+  if (is_float32(dt)) return lstmcore::sum_of_squares(static_cast<const float*>(x.data()), n);
+  if (dt.equal(py::dtype::of<double>())) {
+    return lstmcore::sum_of_squares(static_cast<const double*>(x.data()), n);
+  }
+  fail("x", "dtype float32 or float64", x_obj);
+}
+
+// images (N, R, C) float; idx, dy, dx (B,) int64 -> (R, B, C), see lstmcore/batch.h
+template <typename S>
+py::array shifted_batch_impl(const py::array& images, const py::object& idx_obj,
+                             const py::object& dy_obj, const py::object& dx_obj) {
+  const std::int64_t N = dim(images, 0), R = dim(images, 1), C = dim(images, 2);
+  const py::dtype i64 = py::dtype::of<std::int64_t>();
+  if (!py::isinstance<py::array>(idx_obj) || py::reinterpret_borrow<py::array>(idx_obj).ndim() != 1) {
+    fail("idx", "a 1-d int64 array (B,)", idx_obj);
+  }
+  const std::int64_t B = dim(py::reinterpret_borrow<py::array>(idx_obj), 0);
+  py::array idx = require(idx_obj, "idx", {B}, i64);
+  py::array dy = require(dy_obj, "dy", {B}, i64);
+  py::array dx = require(dx_obj, "dx", {B}, i64);
+  py::array out = empty({R, B, C}, images.dtype());
+  S* o = mut<S>(out);
+  const S* im = static_cast<const S*>(images.data());
+  const auto* ip = static_cast<const std::int64_t*>(idx.data());
+  const auto* yp = static_cast<const std::int64_t*>(dy.data());
+  const auto* xp = static_cast<const std::int64_t*>(dx.data());
+  {
+    py::gil_scoped_release nogil;
+    lstmcore::shifted_batch<S>(o, im, N, R, C, ip, yp, xp, B);
+  }
+  return out;
+}
+
+py::array shifted_batch(const py::object& images_obj, const py::object& idx,
+                        const py::object& dy, const py::object& dx) {
+  if (!py::isinstance<py::array>(images_obj) ||
+      py::reinterpret_borrow<py::array>(images_obj).ndim() != 3) {
+    fail("images", "a 3-d array (N, rows, cols)", images_obj);
+  }
+  auto im0 = py::reinterpret_borrow<py::array>(images_obj);
+  const py::dtype dt = im0.dtype();
+  if (!is_float32(dt) && !dt.equal(py::dtype::of<double>())) {
+    fail("images", "dtype float32 or float64", images_obj);
+  }
+  py::array images = require(images_obj, "images", shape_of(im0), dt);
+  if (is_float32(dt)) return shifted_batch_impl<float>(images, idx, dy, dx);
+  return shifted_batch_impl<double>(images, idx, dy, dx);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -273,6 +389,24 @@ PYBIND11_MODULE(_core, m) {
       "ValueError unless every buffer of these sizes fits the core's 32-bit BLAS sizes");
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, "op(a) @ op(b) through the core's BLAS");
+  m.def(
+      "adam_update",
+      [](const py::object& p, const py::object& g, const py::object& m_, const py::object& v,
+         double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+         std::int64_t step) {
+        adam_update(p, g, m_, v,
+                    lstmcore::AdamHyper{lr, beta1, beta2, eps, weight_decay, decoupled, step});
+      },
+      py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("beta1"),
+      py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),
+      py::arg("step"),
+      "one Adam/AdamW step on p, m, v in place (torch's rule; see lstmcore.optim.Adam)");
+  m.def("sum_of_squares", &sum_of_squares, py::arg("x"),
+        "sum of x**2 accumulated in float64 (x: C-contiguous float32 or float64)");
+  m.def("shifted_batch", &shifted_batch, py::arg("images"), py::arg("idx"), py::arg("dy"),
+        py::arg("dx"),
+        "shifted_batch(images (N, R, C), idx, dy, dx (B,) int64) -> (R, B, C): image idx[b]\n"
+        "moved down dy[b] and right dx[b], zeros coming in, time-major");
   m.def("set_num_threads", &lstmcore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &lstmcore::get_num_threads);
   m.def("blas_core_name", &lstmcore::blas_core_name);

@@ -50,15 +50,17 @@ inline std::string describe(const py::handle& obj) {
 // Checks one array argument against the exact dtype and shape; returns it.
 inline py::array require(const py::handle& obj, const char* name, const Shape& shape,
                   const py::dtype& dt) {
-  const std::string expected = "shape " + shape_str(shape) + " " + dtype_str(dt);
   if (!py::isinstance<py::array>(obj)) fail(name, "a numpy array", obj);
   auto a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(dt) && !a.dtype().equal(dt)) fail(name, expected, obj);
-  if (shape_of(a) != shape) fail(name, expected, obj);
+  if ((!a.dtype().is(dt) && !a.dtype().equal(dt)) || shape_of(a) != shape) {
+    // the message is built only here: naming a dtype goes through Python (a few microseconds,
+    // dozens of arguments a training step)
+    fail(name, "shape " + shape_str(shape) + " " + dtype_str(dt), obj);
+  }
   if (!(a.flags() & py::array::c_style)) {
     throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array");
   }
-  if (!a.attr("flags").attr("aligned").cast<bool>()) {
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
     throw std::invalid_argument(std::string(name) + ": expected an aligned array");
   }
   return a;

@@ -204,3 +204,104 @@ def test_clip_grad_norm_accumulates_float32_gradients_in_float64(
     exact = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
     got = optim.clip_grad_norm(grads, 1e30)  # no scaling: only the norm is compared
     assert got == pytest.approx(exact, rel=1e-13)
+
+
+def numpy_adam_step(
+    p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, t: int, hyper: dict[str, Any]
+) -> None:
+    """One Adam step in NumPy, operation by operation in the arrays' dtype (the rule the core
+    follows; cpp/include/lstmcore/optim.h): p, m, v in place."""
+    lr, (beta1, beta2), eps, wd = hyper["lr"], hyper["betas"], hyper["eps"], hyper["wd"]
+    if wd != 0.0:
+        if hyper["decoupled"]:
+            p *= 1.0 - lr * wd
+        else:
+            g = g + wd * p
+    m *= beta1
+    m += (1.0 - beta1) * g
+    v *= beta2
+    v += (1.0 - beta2) * g * g
+    denom = np.sqrt(v) / math.sqrt(1.0 - beta2**t) + eps
+    p -= lr / (1.0 - beta1**t) * (m / denom)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("wd", "decoupled"), [(0.0, False), (1e-2, False), (1e-2, True)])
+def test_adam_core_update_equals_numpy_bit_for_bit(
+    rng: np.random.Generator, dtype: Any, wd: float, decoupled: bool
+) -> None:
+    """The core's one-pass update rounds every operation as NumPy does, in the same order."""
+    hyper = {"lr": 3e-3, "betas": (0.9, 0.999), "eps": 1e-8, "wd": wd, "decoupled": decoupled}
+    shape = (37, 41)  # odd sizes: the vector loop's remainder runs too
+    params = {"w": rng.standard_normal(shape).astype(dtype)}
+    p, m, v = params["w"].copy(), np.zeros(shape, dtype), np.zeros(shape, dtype)
+    opt = optim.Adam(params, lr=3e-3, weight_decay=wd, decoupled=decoupled)
+    for t in range(1, STEPS + 1):
+        # gradients over many magnitudes, so rounding differences would show
+        g = (rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 3, shape)).astype(dtype)
+        opt.step({"w": g})
+        numpy_adam_step(p, g, m, v, t, hyper)
+    np.testing.assert_array_equal(params["w"], p)
+    np.testing.assert_array_equal(opt.state["exp_avg:w"], m)
+    np.testing.assert_array_equal(opt.state["exp_avg_sq:w"], v)
+
+
+def test_adam_updates_a_strided_parameter_in_place(rng: np.random.Generator) -> None:
+    base = rng.standard_normal((6, 8))
+    view = base[:, ::2]  # not contiguous: updated through a copy, written back
+    untouched = base[:, 1::2].copy()
+    start = view.copy()
+    grads = [{"w": rng.standard_normal(view.shape)} for _ in range(STEPS)]
+    raw = np.zeros(grads[0]["w"].nbytes + 1, np.uint8)  # a gradient off its alignment
+    grads[0]["w"] = raw[1:].view(np.float64).reshape(view.shape)
+    grads[0]["w"][...] = rng.standard_normal(view.shape)
+    opt = optim.Adam({"w": view}, lr=1e-2)
+    for g in grads:
+        opt.step(g)
+    want = torch_adam(start, [g["w"] for g in grads], 1e-2, 0.9, 0.999, 1e-8, 0.0, False)
+    np.testing.assert_allclose(base[:, ::2], want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(base[:, 1::2], untouched)
+
+
+def test_adam_core_rejects_bad_arguments() -> None:
+    from lstmcore._native import core
+
+    p = np.zeros(4, np.float32)
+    good = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+    args = {**good, "decoupled": False, "step": 1}
+    g, m, v = np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match=r"m: expected shape \(4,\) float32, got \(5,\) float32"):
+        core.adam_update(p, g, np.zeros(5, np.float32), v, **args)
+    with pytest.raises(ValueError, match=r"g: expected shape \(4,\) float32, got \(4,\) float64"):
+        core.adam_update(p, np.zeros(4), m, v, **args)
+    for aliased in ((p, g, p, v), (p, p, m, v), (p, g, m, m)):
+        with pytest.raises(ValueError, match="must not share memory"):
+            core.adam_update(*aliased, **args)
+    wide = np.zeros(8, np.float32)  # overlapping views of one buffer
+    with pytest.raises(ValueError, match="must not share memory"):
+        core.adam_update(wide[:4], g, wide[2:6], v, **args)
+    frozen = np.zeros(4, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="v: expected a writeable array"):
+        core.adam_update(p, g, m, frozen, **args)
+    with pytest.raises(ValueError, match="step must be >= 1"):
+        core.adam_update(p, g, m, v, **{**args, "step": 0})
+    with pytest.raises(ValueError, match="finite"):
+        core.adam_update(p, g, m, v, **{**args, "lr": math.nan})
+    with pytest.raises(ValueError, match="p: expected dtype float32 or float64"):
+        core.adam_update(np.zeros(4, np.float16), g, m, v, **args)
+    with pytest.raises(ValueError, match="Adam updates float32 or float64"):
+        optim.Adam({"h": np.zeros(3, np.float16)}).step({"h": np.zeros(3, np.float16)})
+
+
+def test_sum_of_squares_of_strided_and_half_gradients(rng: np.random.Generator) -> None:
+    g = rng.standard_normal((50, 30)).astype(np.float32)
+    exact = float(np.sum(g.astype(np.float64) ** 2))
+    assert optim.clip_grad_norm({"a": g[:, ::3].copy()}, 1e30) == pytest.approx(
+        math.sqrt(float(np.sum(g[:, ::3].astype(np.float64) ** 2))), rel=1e-14
+    )
+    assert optim.clip_grad_norm({"a": g.T}, 1e30) == pytest.approx(math.sqrt(exact), rel=1e-14)
+    half = g.astype(np.float16)
+    assert optim.clip_grad_norm({"a": half}, 1e30) == pytest.approx(
+        math.sqrt(float(np.sum(half.astype(np.float64) ** 2))), rel=1e-14
+    )

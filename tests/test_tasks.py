@@ -118,6 +118,36 @@ def test_random_shift_moves_each_image_by_its_own_offset(rng: np.random.Generato
     assert imaging.random_shift(images, 0, np.random.default_rng(5)) is images
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("max_shift", [0, 1, 3])
+def test_shifted_batch_is_random_shift_gathered_time_major(
+    rng: np.random.Generator, dtype: type, max_shift: int
+) -> None:
+    images = rng.random((50, 7, 9)).astype(dtype)
+    idx = rng.integers(0, 50, 33)
+    got = imaging.shifted_batch(images, idx, max_shift, np.random.default_rng(11))
+    want = imaging.random_shift(images[idx], max_shift, np.random.default_rng(11))
+    assert got.dtype == dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    assert got.transpose(1, 0, 2).flags.c_contiguous  # time-major underneath
+
+
+def test_shifted_batch_checks_its_arguments(rng: np.random.Generator) -> None:
+    from lstmcore._native import core
+
+    images = rng.random((4, 5, 6), dtype=np.float32)
+    far = np.array([10**18, -(10**18)], dtype=np.int64)  # moved out of the image: zeros
+    out = core.shifted_batch(images, np.array([0, 3]), far, far[::-1].copy())
+    assert out.shape == (5, 2, 6) and not out.any()
+    with pytest.raises(ValueError, match=r"idx: 4 at position 1 is outside \[0, 4\)"):
+        core.shifted_batch(images, np.array([0, 4]), np.zeros(2, np.int64), np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match=r"dy: expected shape \(2,\) int64, got \(3,\) int64"):
+        core.shifted_batch(images, np.array([0, 1]), np.zeros(3, np.int64), np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="images: expected dtype float32 or float64"):
+        core.shifted_batch(images.astype(np.uint8), np.array([0]), np.zeros(1, np.int64),
+                           np.zeros(1, np.int64))  # fmt: skip
+
+
 def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """img moved down by dy and right by dx, zeros coming in: a plain reference."""
     out = np.zeros_like(img)
@@ -159,6 +189,19 @@ def test_shift_with_cuda_is_one_clear_line() -> None:
     assert done.stderr == (
         "error: --shift needs --device cpu (the GPU path keeps the training set on the device)\n"
     )
+
+
+@pytest.mark.parametrize("value", ["5", "100", "-1"])
+def test_shift_beyond_the_digits_margin_is_a_usage_error(value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lstmcore.train", "--shift", value],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"--shift: expected an integer in [0, 4], got '{value}'" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # ---- the progress bar ------------------------------------------------------------------------

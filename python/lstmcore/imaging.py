@@ -22,7 +22,10 @@ import os
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
+
+from lstmcore._native import core as _core
 
 Array = NDArray[Any]
 
@@ -146,8 +149,32 @@ def random_shift(images: Array, max_shift: int, rng: np.random.Generator) -> Arr
     padded = np.pad(images, ((0, 0), (s, s), (s, s)))
     dy = rng.integers(-s, s + 1, n)
     dx = rng.integers(-s, s + 1, n)
-    # out[b, y, x] = images[b, y - dy[b], x - dx[b]], read from the padded copy
-    r = (s - dy)[:, None] + np.arange(rows)
-    c = (s - dx)[:, None] + np.arange(cols)
-    shifted: Array = padded[np.arange(n)[:, None, None], r[:, :, None], c[:, None, :]]
+    # out[b] = the (rows, cols) window of padded[b] at (s - dy[b], s - dx[b]): one gather of
+    # whole windows (a per-pixel index was three times slower, a sixth of a training step)
+    windows = sliding_window_view(padded, (rows, cols), axis=(1, 2))
+    shifted: Array = windows[np.arange(n), s - dy, s - dx]
     return shifted
+
+
+def shifted_batch(
+    images: Array, idx: NDArray[np.integer[Any]], max_shift: int, rng: np.random.Generator
+) -> Array:
+    """``random_shift(images[idx], max_shift, rng)``: the same draws and the same values,
+    gathered by the core in one pass (float32 or float64 images) straight into its time-major
+    layout. Returns a (B, rows, cols) view of a (rows, B, cols) C-contiguous array, so the
+    model's conversion to time-major copies nothing."""
+    n = len(idx)
+    s = max(max_shift, 0)
+    if s > 0:
+        dy = rng.integers(-s, s + 1, n)
+        dx = rng.integers(-s, s + 1, n)
+    else:
+        dy = dx = np.zeros(n, dtype=np.int64)
+    time_major: Array = _core.shifted_batch(
+        np.require(images, requirements=("C", "A")),
+        np.asarray(idx, dtype=np.int64),
+        np.asarray(dy, dtype=np.int64),
+        np.asarray(dx, dtype=np.int64),
+    )
+    batch: Array = time_major.transpose(1, 0, 2)
+    return batch

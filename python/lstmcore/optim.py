@@ -12,7 +12,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from lstmcore._native import core as _core
+
 Array = NDArray[Any]
+_CORE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 __all__ = ["SGD", "Adam", "Optimizer", "clip_grad_norm", "lr_at"]
 
@@ -125,25 +128,36 @@ class Adam(Optimizer):
         self.state["step"] = self.state["step"] + 1
         super().step(grads)
 
+    def _moment(self, key: str, p: Array) -> Array:
+        """The state array ``key``, zeros on first use (allocated only then)."""
+        moment = self.state.get(key)
+        if moment is None:
+            moment = self.state[key] = np.zeros(p.shape, p.dtype)
+        return moment
+
     def _update(self, name: str, p: Array, g: Array) -> None:
-        beta1, beta2 = self.betas
-        t = int(self.state["step"])
-        if self.weight_decay != 0.0:
-            if self.decoupled:
-                p *= 1.0 - self.lr * self.weight_decay
-            else:
-                g = g + self.weight_decay * p
-        m = self.state.setdefault(f"exp_avg:{name}", np.zeros_like(p))
-        v = self.state.setdefault(f"exp_avg_sq:{name}", np.zeros_like(p))
-        m *= beta1
-        m += (1.0 - beta1) * g
-        v *= beta2
-        v += (1.0 - beta2) * g * g
-        bias_correction1 = 1.0 - beta1**t
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
-        step_size = self.lr / bias_correction1
-        denom = np.sqrt(v) / bias_correction2_sqrt + self.eps
-        p -= step_size * (m / denom)
+        if p.dtype not in _CORE_DTYPES:
+            raise ValueError(f"{name}: Adam updates float32 or float64 parameters, got {p.dtype}")
+        # the core updates p, m and v in one pass (NumPy's arithmetic, operation by operation;
+        # see cpp/include/lstmcore/optim.h); a parameter that is a strided view is updated
+        # through a contiguous copy
+        m, v = self._moment(f"exp_avg:{name}", p), self._moment(f"exp_avg_sq:{name}", p)
+        work = np.require(p, requirements=("C", "A"))  # p itself unless a copy is needed
+        _core.adam_update(
+            work,
+            np.require(g, p.dtype, ("C", "A")),
+            m,
+            v,
+            lr=self.lr,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            decoupled=self.decoupled,
+            step=int(self.state["step"]),
+        )
+        if work is not p:
+            p[...] = work
 
 
 def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
@@ -159,11 +173,12 @@ def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
 
 
 def _sum_of_squares(g: Array) -> float:
-    # in float64 (a float32 sum would accumulate in float32), and not through np.dot: numpy's
-    # BLAS threads keep spinning after a call and would compete with the core's pool for the
-    # cores at every training step
-    flat = g.ravel().astype(np.float64)
-    return float(np.square(flat).sum())
+    # in float64 (a float32 sum would accumulate in float32), one pass in the core; not
+    # through np.dot: numpy's BLAS threads keep spinning after a call and would compete with
+    # the core's pool for the cores at every training step
+    if g.dtype in _CORE_DTYPES:
+        return float(_core.sum_of_squares(np.require(g, requirements=("C", "A"))))
+    return float(np.square(g, dtype=np.float64).sum())
 
 
 def lr_at(

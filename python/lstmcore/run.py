@@ -532,6 +532,8 @@ class Run:
         # drawn from the seed and the step alone, so a resumed run draws the same shifts
         rng = np.random.default_rng((self.cfg.seed, 1, self.prog.step))
         task, shape = self.data.task, self.data.image_shape
+        if task.name == "rows":  # the sequences are the images: one gather by the core
+            return imaging.shifted_batch(self.data.train_x, idx, self.cfg.shift, rng)
         images = task.images(self.data.train_x[idx], shape)
         return task.sequences(imaging.random_shift(images, self.cfg.shift, rng))
 

@@ -58,6 +58,7 @@ positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 # OpenBLAS's pool has 64 threads at most (more only warn); larger machines may use their cores
 MAX_THREADS = max(64, os.cpu_count() or 1)
+MAX_SHIFT = 4
 
 
 def non_negative_float(text: str) -> float:
@@ -194,10 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shift",
-        type=non_negative_int,
+        type=_int_at_least(0, MAX_SHIFT),
         default=None,
-        help=f"augmentation: move each training image by up to N pixels at random (default "
-        f"{d.shift} on the CPU; 0, and only 0, with --device cuda)",
+        help=f"augmentation: move each training image by up to N pixels at random, N in "
+        f"[0, {MAX_SHIFT}]: MNIST's digits fit a 20x20 box centred in 28x28, so larger moves "
+        f"would cut digits (default {d.shift} on the CPU; 0, and only 0, with --device cuda)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train")
     p.add_argument(
