@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,28 @@ def test_bundled_files_match_their_recorded_checksums() -> None:
     for name, digest in data.MNIST_FILES.items():
         raw = gzip.decompress((data.bundled_dir() / f"{name}.gz").read_bytes())
         assert hashlib.sha256(raw).hexdigest() == digest
+
+
+def test_bundled_pixels_are_bytes_over_255() -> None:
+    """The one-pass conversion gives exactly uint8 -> float32 then / 255 in float32."""
+    mnist = data.load_mnist()
+    raw = data.read_idx(data.bundled_dir() / "t10k-images-idx3-ubyte.gz")
+    np.testing.assert_array_equal(mnist.test_images, raw.astype(np.float32) / np.float32(255))
+
+
+def test_a_changed_bundled_file_fails_its_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One flipped pixel in a well-formed copy of the bundled set is caught (the checksum is
+    computed while the file is read)."""
+    for name in data.MNIST_FILES:
+        shutil.copy(data.bundled_dir() / f"{name}.gz", tmp_path / f"{name}.gz")
+    raw = bytearray(gzip.decompress((tmp_path / "t10k-images-idx3-ubyte.gz").read_bytes()))
+    raw[5000] ^= 0xFF
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    monkeypatch.setattr(data, "bundled_dir", lambda: tmp_path)
+    with pytest.raises(data.DataError, match=r"t10k-images-idx3-ubyte\.gz: checksum mismatch"):
+        data.load_mnist()
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])

@@ -104,9 +104,12 @@ def _open(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def _read_exact(stream: io.BufferedIOBase, size: int, path: Path, what: str) -> NDArray[np.uint8]:
+def _read_exact(
+    stream: io.BufferedIOBase, size: int, path: Path, what: str, digest: Any = None
+) -> NDArray[np.uint8]:
     """Reads exactly ``size`` bytes into one buffer, in bounded chunks: the buffer's pages are
-    touched only as real data arrives, so a header that lies costs no memory."""
+    touched only as real data arrives, so a header that lies costs no memory. ``digest``
+    (a hashlib object, or None) is updated with every byte read."""
     buf = np.empty(size, dtype=np.uint8)
     view = buf.data
     filled = 0
@@ -114,23 +117,28 @@ def _read_exact(stream: io.BufferedIOBase, size: int, path: Path, what: str) -> 
         got = stream.readinto(view[filled : filled + _CHUNK])
         if not got:
             raise DataError(f"{path}: truncated {what}: expected {size} bytes, found {filled}")
+        if digest is not None:
+            digest.update(view[filled : filled + got])
         filled += got
     return buf
 
 
-def read_idx(path: str | os.PathLike[str], expect_dims: int | None = None) -> NDArray[Any]:
+def read_idx(
+    path: str | os.PathLike[str], expect_dims: int | None = None, *, digest: Any = None
+) -> NDArray[Any]:
     """Reads one IDX file (gzip-compressed or raw) into an array of its declared type and shape.
 
     Raises DataError for a missing or unreadable file, a bad gzip stream, a wrong magic, an
     unknown type code, too few or too many data bytes, or (with ``expect_dims``) another
-    number of dimensions.
+    number of dimensions. ``digest`` (a hashlib object) is updated with the file's
+    decompressed contents as they are read, so a checksum costs no second pass.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         with _open(path) as stream:
-            header = _read_exact(stream, 4, path, "header")
+            header = _read_exact(stream, 4, path, "header", digest)
             if header[0] != 0 or header[1] != 0:
                 raise DataError(f"{path}: not an IDX file (magic {header.tobytes().hex()})")
             type_code, ndim = int(header[2]), int(header[3])
@@ -138,9 +146,8 @@ def read_idx(path: str | os.PathLike[str], expect_dims: int | None = None) -> ND
                 raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}")
             if expect_dims is not None and ndim != expect_dims:
                 raise DataError(f"{path}: expected {expect_dims} dimensions, header says {ndim}")
-            shape = tuple(
-                int(v) for v in np.frombuffer(_read_exact(stream, 4 * ndim, path, "header"), ">u4")
-            )
+            dims = _read_exact(stream, 4 * ndim, path, "header", digest)
+            shape = tuple(int(v) for v in np.frombuffer(dims, ">u4"))
             dtype = _IDX_TYPES[type_code]
             count, nominal = 1, 1
             for n in shape:
@@ -155,7 +162,7 @@ def read_idx(path: str | os.PathLike[str], expect_dims: int | None = None) -> ND
                     f"{path}: header shape {shape} declares {size} bytes of data, more than "
                     f"the reader's limit of {MAX_IDX_BYTES} bytes"
                 )
-            data = _read_exact(stream, size, path, "data")
+            data = _read_exact(stream, size, path, "data", digest)
             if stream.read(1):
                 raise DataError(f"{path}: more data than the header's shape {shape} declares")
     except DataError:
@@ -207,10 +214,22 @@ def _sha256_of_contents(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verify(path: Path, expected: str) -> None:
-    actual = _sha256_of_contents(path)
+def _check_digest(path: Path, actual: str, expected: str) -> None:
     if actual != expected:
         raise DataError(f"{path}: checksum mismatch (SHA-256 {actual}, expected {expected})")
+
+
+def _verify(path: Path, expected: str) -> None:
+    _check_digest(path, _sha256_of_contents(path), expected)
+
+
+def _read_verified(path: Path, dims: int, expected: str | None) -> NDArray[Any]:
+    """read_idx, and with ``expected`` the SHA-256 of the contents read checked against it."""
+    digest = hashlib.sha256() if expected is not None else None
+    array = read_idx(path, expect_dims=dims, digest=digest)
+    if digest is not None and expected is not None:
+        _check_digest(path, digest.hexdigest(), expected)
+    return array
 
 
 def _load_pair(
@@ -218,11 +237,8 @@ def _load_pair(
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     images_path = _find(directory, images_name)
     labels_path = _find(directory, labels_name)
-    if checksums is not None:
-        _verify(images_path, checksums[images_name])
-        _verify(labels_path, checksums[labels_name])
-    images = read_idx(images_path, expect_dims=3)
-    labels = read_idx(labels_path, expect_dims=1)
+    images = _read_verified(images_path, 3, None if checksums is None else checksums[images_name])
+    labels = _read_verified(labels_path, 1, None if checksums is None else checksums[labels_name])
     if labels.dtype.kind not in "iu":
         raise DataError(f"{labels_path}: expected integer labels, got {labels.dtype}")
     if labels.size and labels.min() < 0:
@@ -231,9 +247,10 @@ def _load_pair(
         raise DataError(
             f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} images in {images_path}"
         )
-    # unsigned bytes are scaled to [0, 1]; float IDX images are taken as they are
+    # unsigned bytes are scaled to [0, 1], converted and divided in float32 in one pass (no
+    # float32 temporary of the whole set); float IDX images are taken as they are
     if images.dtype == np.uint8:
-        pixels = images.astype(np.float32) / np.float32(255.0)
+        pixels = np.divide(images, np.float32(255.0), dtype=np.float32)
     else:
         pixels = images.astype(np.float32)
     return pixels, labels.astype(np.int64)
