@@ -248,3 +248,41 @@ def test_sizes_that_overflow_are_refused_before_any_allocation(
     bias = np.zeros(4 * hidden, np.float32)
     with pytest.raises(ValueError, match="overflows the 32-bit sizes"):
         ops.lstm_forward(x, None, None, w_ih, w_hh, bias)
+
+
+def moved_reference(images: np.ndarray, idx: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> Any:
+    """shifted_batch's contract pixel by pixel, time-major (R, B, C)."""
+    _, rows, cols = images.shape
+    out = np.zeros((rows, len(idx), cols), dtype=images.dtype)
+    # Python integers: the moves may be int64's extremes, where int64 arithmetic would wrap
+    for b, (k, down, right) in enumerate(zip(idx.tolist(), dy.tolist(), dx.tolist(), strict=True)):
+        for r in range(rows):
+            for c in range(cols):
+                if 0 <= r - down < rows and 0 <= c - right < cols:
+                    out[r, b, c] = images[k, r - down, c - right]
+    return out
+
+
+@settings(FUZZ, max_examples=300)
+@given(st.data())
+def test_shifted_batch_against_its_contract(case: st.DataObject) -> None:
+    """Any sizes (zero included), any moves (past the image, int64's extremes), any indices:
+    the documented batch, or a ValueError naming the index that is out of range."""
+    n = case.draw(st.integers(0, 5), label="N")
+    rows, cols = case.draw(st.integers(0, 6), label="R"), case.draw(st.integers(0, 6), label="C")
+    batch = case.draw(st.integers(0, 6), label="B")
+    moves = st.one_of(st.integers(-8, 8), st.sampled_from([2**63 - 1, -(2**63)]))
+    idx = np.array(case.draw(st.lists(st.integers(-2, n + 1), min_size=batch, max_size=batch)))
+    dy = np.array(case.draw(st.lists(moves, min_size=batch, max_size=batch)), dtype=np.int64)
+    dx = np.array(case.draw(st.lists(moves, min_size=batch, max_size=batch)), dtype=np.int64)
+    dtype = case.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
+    images = np.random.default_rng(n * 100 + rows * 10 + cols).random((n, rows, cols)).astype(dtype)
+    from lstmcore._native import core
+
+    idx = idx.astype(np.int64)
+    if batch and (idx.min() < 0 or idx.max() >= n):
+        with pytest.raises(ValueError, match=r"idx: -?\d+ at position \d+ is outside"):
+            core.shifted_batch(images, idx, dy, dx)
+        return
+    got = core.shifted_batch(images, idx, dy, dx)
+    np.testing.assert_array_equal(got, moved_reference(images, idx, dy, dx))
