@@ -127,6 +127,24 @@ def test_lengths_at_the_mnist_shape_on_one_and_two_threads(rng: np.random.Genera
         lstmcore.set_num_threads(before)
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_lengths_over_more_rows_than_one_chunk(rng: np.random.Generator, reverse: bool) -> None:
+    """B = 270: each thread takes its rows in chunks of 128 (3 chunks on one thread, 2 each on
+    two); the chunk boundaries fall inside the runs of sorted lengths."""
+    p = make_problem(rng, 7, 270, 3, 9, dtype=np.float32)
+    lengths = rng.integers(1, 8, 270)
+    want_outs, want_grads = oracle(p, lengths, reverse=reverse)
+    before = lstmcore.get_num_threads()
+    try:
+        for n in (1, 2):
+            lstmcore.set_num_threads(n)
+            outs, grads = run_core(p, lengths, reverse=reverse)
+            assert_close(outs, want_outs, np.float32)
+            assert_close(grads, want_grads, np.float32)
+    finally:
+        lstmcore.set_num_threads(before)
+
+
 def test_dy_past_a_sequences_end_is_ignored(rng: np.random.Generator) -> None:
     p = make_problem(rng, 7, 5, 3, 6)
     lengths = np.array([7, 2, 5, 1, 3])

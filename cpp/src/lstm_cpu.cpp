@@ -164,6 +164,18 @@ Plan plan_for(i64 rows, i64 tile, i64 blocks, double flops) {
   return p;
 }
 
+// A thread takes its rows through the whole sequence in chunks of at most kRowChunk rows (a
+// multiple of every kernel's row tile), so a chunk's state stays in the core's L2 cache from
+// step to step: one thread over 256 rows ran 10-20% slower per row than over 128 (forward and
+// backward, Intel Xeon), and inference at B=1000 on 2 threads 40% slower per row than at 512.
+// Rows are independent, so the chunks change no result.
+constexpr i64 kRowChunk = 128;
+
+template <typename Fn>
+void for_row_chunks(i64 r0, i64 r1, const Fn& fn) {
+  for (i64 c0 = r0; c0 < r1; c0 += kRowChunk) fn(c0, std::min(r1, c0 + kRowChunk));
+}
+
 // [begin, end) of part k of n items split into `parts`, each boundary a multiple of `tile`
 void tile_range(i64 n, i64 tile, int parts, int k, i64* begin, i64* end) {
   const i64 tiles = (n + tile - 1) / tile;
@@ -321,13 +333,17 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
 
   switch (plan.split) {
     case Split::kSolo:
-      for (i64 s = 0; s < d.T; ++s) step(s, 0, B, 0, nblk, true);
+      for_row_chunks(0, B, [&](i64 c0, i64 c1) {
+        for (i64 s = 0; s < d.T; ++s) step(s, c0, c1, 0, nblk, true);
+      });
       break;
     case Split::kRows:
       pool::parallel(plan.threads, [&](int tid, pool::Team&) {
         i64 r0 = 0, r1 = 0;
         tile_range(B, 4, plan.threads, tid, &r0, &r1);
-        for (i64 s = 0; s < d.T; ++s) step(s, r0, r1, 0, nblk, true);
+        for_row_chunks(r0, r1, [&](i64 c0, i64 c1) {
+          for (i64 s = 0; s < d.T; ++s) step(s, c0, c1, 0, nblk, true);
+        });
       });
       break;
     case Split::kUnits:
@@ -495,15 +511,19 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
 
     switch (plan.split) {
       case Split::kSolo:
-        for (i64 q = 0; q < d.T; ++q) step(q, 0, B, 0, npan);
-        flush_last(0, B, 0, npan);
+        for_row_chunks(0, B, [&](i64 c0, i64 c1) {
+          for (i64 q = 0; q < d.T; ++q) step(q, c0, c1, 0, npan);
+          flush_last(c0, c1, 0, npan);
+        });
         break;
       case Split::kRows:
         pool::parallel(plan.threads, [&](int tid, pool::Team&) {
           i64 r0 = 0, r1 = 0;
           tile_range(B, 4, plan.threads, tid, &r0, &r1);
-          for (i64 q = 0; q < d.T; ++q) step(q, r0, r1, 0, npan);
-          flush_last(r0, r1, 0, npan);
+          for_row_chunks(r0, r1, [&](i64 c0, i64 c1) {
+            for (i64 q = 0; q < d.T; ++q) step(q, c0, c1, 0, npan);
+            flush_last(c0, c1, 0, npan);
+          });
         });
         break;
       case Split::kUnits:

@@ -527,7 +527,7 @@ class SequenceClassifier:
         correct = int((logits.argmax(axis=1) == labels).sum())
         return loss, correct
 
-    def predict(self, images: Array, batch_size: int = 1000) -> NDArray[np.int64]:
+    def predict(self, images: Array, batch_size: int = 512) -> NDArray[np.int64]:
         out = [
             self.logits(images[k : k + batch_size]).argmax(axis=1)
             for k in range(0, len(images), batch_size)
