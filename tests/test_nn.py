@@ -186,6 +186,33 @@ def test_parameters_names_shapes_and_init_are_torchs(rng: np.random.Generator) -
         assert np.all(np.abs(forget - 1.0) <= 2 * bound * (1 + 1e-6))
 
 
+@pytest.mark.parametrize("steps", [2, 784])
+def test_chrono_initialisation(steps: int) -> None:
+    """Forget-gate biases log U(1, T-1), input-gate biases their negative, halves in each
+    vector; every other parameter as with chrono off (the same generator stream)."""
+    plain = LSTM(3, 16, 2, True, rng=np.random.default_rng(4), forget_bias=1.0)
+    chrono = LSTM(3, 16, 2, True, rng=np.random.default_rng(4), forget_bias=1.0, chrono=steps)
+    h = 16
+    for name, p in chrono.params.items():
+        if not name.startswith("bias"):
+            np.testing.assert_array_equal(p, plain.params[name])
+            continue
+        np.testing.assert_array_equal(p[2 * h :], plain.params[name][2 * h :])  # g and o
+        twin = name.replace("bias_ih", "bias_hh") if "bias_ih" in name else name
+        np.testing.assert_array_equal(p[: 2 * h], chrono.params[twin][: 2 * h])  # even halves
+        forget = 2 * p[h : 2 * h].astype(np.float64)
+        np.testing.assert_allclose(2 * p[:h], -forget, rtol=1e-6)
+        assert forget.min() >= 0.0 and forget.max() <= np.log(steps - 1) * (1 + 1e-6)
+        if steps > 2:
+            assert forget.std() > 0.3  # drawn per unit, not one constant
+
+
+@pytest.mark.parametrize("bad", [1, -3, True, 2.5, "784"])
+def test_chrono_rejects_what_is_not_off_or_two_steps_or_more(bad: Any) -> None:
+    with pytest.raises(ValueError, match="chrono: expected 0 \\(off\\) or an integer >= 2"):
+        LSTM(3, 4, chrono=bad)
+
+
 def test_state_dict_round_trip_and_validation(rng: np.random.Generator) -> None:
     src = LSTM(3, 4, 2, True, dtype=np.float64, rng=rng)
     dst = LSTM(3, 4, 2, True, dtype=np.float64, rng=rng)

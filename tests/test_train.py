@@ -209,6 +209,7 @@ FLAGS = [
     "--clip",
     "--schedule",
     "--forget-bias",
+    "--chrono",
     "--max-loss",
     "--seed",
     "--val-size",
@@ -309,6 +310,13 @@ def test_non_finite_forget_bias_is_a_usage_error(value: str) -> None:
     done = cli("--forget-bias", value)
     assert done.returncode == 2
     assert "--forget-bias" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("value", ["1", "-2", "x"])
+def test_chrono_of_one_step_or_less_is_a_usage_error(value: str) -> None:
+    done = cli("--chrono", value)
+    assert done.returncode == 2
+    assert "--chrono" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -190,3 +190,12 @@ def test_gpu_session_carries_both_biases_through_push_and_pull(
         np.testing.assert_array_equal(value, before[name], err_msg=name)
     for key, value in opt.state_dict().items():
         np.testing.assert_array_equal(value, state_before[key], err_msg=key)
+
+
+def test_chrono_reaches_the_model_and_the_saved_config(tmp_path: Path) -> None:
+    with Run.create(replace(SMALL, chrono=28), tmp_path / "run") as run:
+        for name in ("bias_ih_l1", "bias_hh_l0_reverse"):
+            b, h = run.model.lstm.params[name], SMALL.hidden
+            np.testing.assert_allclose(b[:h], -b[h : 2 * h], rtol=1e-6)
+            assert b[h : 2 * h].max() <= np.log(27) / 2 * (1 + 1e-6)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["chrono"] == 28

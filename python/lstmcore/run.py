@@ -98,6 +98,7 @@ class Config:
     clip: float = 1.0
     schedule: str = "cosine"
     forget_bias: float = 1.0
+    chrono: int = 0  # chrono initialisation for memories up to this many steps (0: off)
     max_loss: float = 100.0
     seed: int = 0
     val_size: int = 5000
@@ -255,6 +256,7 @@ def make_model(cfg: Config, input_size: int, num_classes: int, device: str) -> S
         bidirectional=cfg.bidirectional,
         dropout=cfg.dropout,
         forget_bias=cfg.forget_bias,
+        chrono=cfg.chrono,
         seed=cfg.seed,
         device=device,
     )

@@ -55,6 +55,16 @@ def _int_at_least(minimum: int, maximum: int | None = None) -> Any:
 
 
 positive_int = _int_at_least(1)
+
+
+def chrono_steps(text: str) -> int:
+    """An argparse type: 0 (off) or an integer >= 2."""
+    value: int = _int_at_least(0)(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or an integer >= 2, got {text!r}")
+    return value
+
+
 non_negative_int = _int_at_least(0)
 # OpenBLAS's pool has 64 threads at most (more only warn); larger machines may use their cores
 MAX_THREADS = max(64, os.cpu_count() or 1)
@@ -155,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=finite_float,
         default=d.forget_bias,
         help="added to the forget gate's initial bias (bias_ih + bias_hh: half to each)",
+    )
+    p.add_argument(
+        "--chrono",
+        type=chrono_steps,
+        default=d.chrono,
+        metavar="T",
+        help="chrono initialisation for memories of up to T steps (the pixel tasks: 784): "
+        "forget-gate biases log U(1, T-1), input-gate biases their negative, in place of "
+        "--forget-bias (0: off)",
     )
     p.add_argument(
         "--max-loss",
