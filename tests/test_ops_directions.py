@@ -112,27 +112,8 @@ def test_lengths_match_each_row_run_alone(
     assert_close(grads, want_grads, dtype)
 
 
-def test_lengths_at_the_mnist_shape_on_one_and_two_threads(rng: np.random.Generator) -> None:
-    p = make_problem(rng, 28, 128, 28, 128, dtype=np.float32)
-    lengths = rng.integers(1, 29, 128)
-    want_outs, want_grads = oracle(p, lengths, reverse=False)
-    before = lstmcore.get_num_threads()
-    try:
-        for n in (1, 2):
-            lstmcore.set_num_threads(n)
-            outs, grads = run_core(p, lengths, reverse=False)
-            assert_close(outs, want_outs, np.float32)
-            assert_close(grads, want_grads, np.float32)
-    finally:
-        lstmcore.set_num_threads(before)
-
-
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_lengths_over_more_rows_than_one_chunk(rng: np.random.Generator, reverse: bool) -> None:
-    """B = 270: each thread takes its rows in chunks of 128 (3 chunks on one thread, 2 each on
-    two); the chunk boundaries fall inside the runs of sorted lengths."""
-    p = make_problem(rng, 7, 270, 3, 9, dtype=np.float32)
-    lengths = rng.integers(1, 8, 270)
+def check_on_one_and_two_threads(p: Any, lengths: np.ndarray, reverse: bool) -> None:
+    """The core with ``lengths`` on 1 and on 2 threads against the row-by-row oracle."""
     want_outs, want_grads = oracle(p, lengths, reverse=reverse)
     before = lstmcore.get_num_threads()
     try:
@@ -143,6 +124,19 @@ def test_lengths_over_more_rows_than_one_chunk(rng: np.random.Generator, reverse
             assert_close(grads, want_grads, np.float32)
     finally:
         lstmcore.set_num_threads(before)
+
+
+def test_lengths_at_the_mnist_shape_on_one_and_two_threads(rng: np.random.Generator) -> None:
+    p = make_problem(rng, 28, 128, 28, 128, dtype=np.float32)
+    check_on_one_and_two_threads(p, rng.integers(1, 29, 128), reverse=False)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_lengths_over_more_rows_than_one_chunk(rng: np.random.Generator, reverse: bool) -> None:
+    """B = 270: each thread takes its rows in chunks of 128 (3 chunks on one thread, 2 each on
+    two); the chunk boundaries fall inside the runs of sorted lengths."""
+    p = make_problem(rng, 7, 270, 3, 9, dtype=np.float32)
+    check_on_one_and_two_threads(p, rng.integers(1, 8, 270), reverse=reverse)
 
 
 def test_dy_past_a_sequences_end_is_ignored(rng: np.random.Generator) -> None:
