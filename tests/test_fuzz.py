@@ -286,3 +286,13 @@ def test_shifted_batch_against_its_contract(case: st.DataObject) -> None:
         return
     got = core.shifted_batch(images, idx, dy, dx)
     np.testing.assert_array_equal(got, moved_reference(images, idx, dy, dx))
+
+
+def test_shifted_batch_of_empty_images_returns_at_once() -> None:
+    """Zero columns allow any number of rows in an empty array: nothing to write, no loop."""
+    from lstmcore._native import core
+
+    images = np.empty((1, 2**40, 0), dtype=np.float32)
+    zeros = np.zeros(4, dtype=np.int64)
+    out = core.shifted_batch(images, zeros, zeros, zeros)
+    assert out.shape == (2**40, 4, 0)

@@ -312,8 +312,8 @@ def test_non_finite_forget_bias_is_a_usage_error(value: str) -> None:
     assert "--forget-bias" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("value", ["1", "-2", "x"])
-def test_chrono_of_one_step_or_less_is_a_usage_error(value: str) -> None:
+@pytest.mark.parametrize("value", ["1", "-2", "x", str(2**53 + 1), "9" * 400])
+def test_chrono_outside_its_range_is_a_usage_error(value: str) -> None:
     done = cli("--chrono", value)
     assert done.returncode == 2
     assert "--chrono" in done.stderr and "Traceback" not in done.stderr

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace lstmcore {
 
@@ -14,13 +15,18 @@ template <typename S>
 void shifted_batch(S* out, const S* images, std::int64_t N, std::int64_t R, std::int64_t C,
                    const std::int64_t* idx, const std::int64_t* dy, const std::int64_t* dx,
                    std::int64_t B) {
+  // the indices are copied, then checked, then used: the caller's array (the GIL is released
+  // around this call) could change between a check and a read
+  const std::vector<std::int64_t> rows_of(idx, idx + B);
   for (std::int64_t b = 0; b < B; ++b) {
-    if (idx[b] < 0 || idx[b] >= N) {
-      throw std::invalid_argument("idx: " + std::to_string(idx[b]) + " at position " +
+    if (rows_of[b] < 0 || rows_of[b] >= N) {
+      throw std::invalid_argument("idx: " + std::to_string(rows_of[b]) + " at position " +
                                   std::to_string(b) + " is outside [0, " + std::to_string(N) +
                                   ")");
     }
   }
+  // an empty output writes nothing (and R may then be any size an empty array allows)
+  if (R == 0 || B == 0 || C == 0) return;
   const auto bytes = [](std::int64_t n) { return sizeof(S) * static_cast<std::size_t>(n); };
   for (std::int64_t r = 0; r < R; ++r) {
     for (std::int64_t b = 0; b < B; ++b) {
@@ -36,7 +42,7 @@ void shifted_batch(S* out, const S* images, std::int64_t N, std::int64_t R, std:
       // columns c in [c0, c1) read source column c - right; the rest are 0
       const std::int64_t c0 = std::max<std::int64_t>(right, 0);
       const std::int64_t c1 = std::min<std::int64_t>(C + right, C);
-      const S* src = images + (idx[b] * R + src_row) * C;
+      const S* src = images + (rows_of[b] * R + src_row) * C;
       std::memset(dst, 0, bytes(c0));
       if (c1 > c0) std::memcpy(dst + c0, src + (c0 - right), bytes(c1 - c0));
       std::memset(dst + std::max(c0, c1), 0, bytes(C - std::max(c0, c1)));

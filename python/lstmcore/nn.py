@@ -49,6 +49,9 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+MAX_CHRONO = 2**53  # chrono's steps are drawn as float64: larger integers are not exact
+
+
 class LSTM:
     """torch.nn.LSTM on the lstmcore core: ``num_layers`` layers, one or two directions.
 
@@ -112,8 +115,10 @@ class LSTM:
             )
         rng = rng if rng is not None else np.random.default_rng()
         is_int = isinstance(chrono, int | np.integer) and not isinstance(chrono, bool)
-        if not is_int or chrono < 0 or chrono == 1:
-            raise ValueError(f"chrono: expected 0 (off) or an integer >= 2, got {chrono!r}")
+        if not is_int or chrono < 0 or chrono == 1 or chrono > MAX_CHRONO:
+            raise ValueError(
+                f"chrono: expected 0 (off) or an integer in [2, 2**53], got {chrono!r}"
+            )
         self.params: dict[str, Array] = self._init_params(rng, float(forget_bias))
         if chrono:
             self._chrono_biases(rng, int(chrono))

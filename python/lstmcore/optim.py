@@ -67,7 +67,8 @@ class Optimizer:
     def load_state_dict(self, state: dict[str, Array]) -> None:
         """Replaces the state after :meth:`check_state`; nothing changes if that fails."""
         self.check_state(state)
-        self.state = {k: np.array(v, copy=True) for k, v in state.items()}
+        # C order: the core's update takes C-contiguous moments
+        self.state = {k: np.array(v, copy=True, order="C") for k, v in state.items()}
 
 
 class SGD(Optimizer):

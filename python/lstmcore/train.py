@@ -25,6 +25,7 @@ from typing import Any
 import lstmcore
 from lstmcore import checkpoint, data
 from lstmcore.model import TASKS
+from lstmcore.nn import MAX_CHRONO
 from lstmcore.run import (
     Config,
     ConfigError,
@@ -58,10 +59,12 @@ positive_int = _int_at_least(1)
 
 
 def chrono_steps(text: str) -> int:
-    """An argparse type: 0 (off) or an integer >= 2."""
-    value: int = _int_at_least(0)(text)
+    """An argparse type: 0 (off) or an integer in [2, 2**53]."""
+    value: int = _int_at_least(0, MAX_CHRONO)(text)
     if value == 1:
-        raise argparse.ArgumentTypeError(f"expected 0 (off) or an integer >= 2, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected 0 (off) or an integer in [2, 2**53], got {text!r}"
+        )
     return value
 
 
