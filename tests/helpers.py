@@ -134,3 +134,15 @@ def make_lengths(rng: np.random.Generator, kind: str, steps: int, batch: int) ->
     if batch > 1:
         lengths[1] = 1
     return rng.permutation(lengths)
+
+
+def shifted_image(img: Array, dy: int, dx: int) -> Array:
+    """img moved down by dy and right by dx, zeros coming in: the plain reference of the
+    trainer's shifts (Python integers, so moves of any size are exact)."""
+    out = np.zeros_like(img)
+    rows, cols = img.shape
+    for y in range(rows):
+        for x in range(cols):
+            if 0 <= y - dy < rows and 0 <= x - dx < cols:
+                out[y, x] = img[y - dy, x - dx]
+    return out

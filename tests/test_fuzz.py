@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import rel_err
+from helpers import rel_err, shifted_image
 from lstmcore import data, ops
 from lstmcore import reference as ref
 
@@ -251,15 +251,12 @@ def test_sizes_that_overflow_are_refused_before_any_allocation(
 
 
 def moved_reference(images: np.ndarray, idx: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> Any:
-    """shifted_batch's contract pixel by pixel, time-major (R, B, C)."""
+    """shifted_batch's contract, time-major (R, B, C), from the plain per-image reference (the
+    moves as Python integers: they may be int64's extremes, where int64 arithmetic wraps)."""
     _, rows, cols = images.shape
     out = np.zeros((rows, len(idx), cols), dtype=images.dtype)
-    # Python integers: the moves may be int64's extremes, where int64 arithmetic would wrap
     for b, (k, down, right) in enumerate(zip(idx.tolist(), dy.tolist(), dx.tolist(), strict=True)):
-        for r in range(rows):
-            for c in range(cols):
-                if 0 <= r - down < rows and 0 <= c - right < cols:
-                    out[r, b, c] = images[k, r - down, c - right]
+        out[:, b, :] = shifted_image(images[k], down, right)
     return out
 
 

@@ -13,6 +13,7 @@ import pytest
 from trained import final_metrics, trained_run
 
 import lstmcore
+from helpers import shifted_image
 from lstmcore import data, evaluate, imaging, run
 from lstmcore.model import Classifier, Task, make_permutation
 
@@ -110,7 +111,7 @@ def test_random_shift_moves_each_image_by_its_own_offset(rng: np.random.Generato
             (dy, dx)
             for dy in range(-2, 3)
             for dx in range(-2, 3)
-            if np.array_equal(moved, _shifted(img, dy, dx))
+            if np.array_equal(moved, shifted_image(img, dy, dx))
         ]
         assert len(matches) == 1
         offsets.add(matches[0])
@@ -120,13 +121,19 @@ def test_random_shift_moves_each_image_by_its_own_offset(rng: np.random.Generato
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("max_shift", [0, 1, 3])
-def test_shifted_batch_is_random_shift_gathered_time_major(
+def test_shifted_batch_gathers_and_moves_time_major(
     rng: np.random.Generator, dtype: type, max_shift: int
 ) -> None:
+    """Image idx[b] moved by the b-th offsets drawn from the generator (all rows' first, then
+    all columns'), against the plain reference."""
     images = rng.random((50, 7, 9)).astype(dtype)
     idx = rng.integers(0, 50, 33)
     got = imaging.shifted_batch(images, idx, max_shift, np.random.default_rng(11))
-    want = imaging.random_shift(images[idx], max_shift, np.random.default_rng(11))
+    draws = np.random.default_rng(11)
+    s = max_shift
+    dy = draws.integers(-s, s + 1, 33) if s else np.zeros(33, int)
+    dx = draws.integers(-s, s + 1, 33) if s else np.zeros(33, int)
+    want = np.stack([shifted_image(images[k], y, x) for k, y, x in zip(idx, dy, dx, strict=True)])
     assert got.dtype == dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
     assert got.transpose(1, 0, 2).flags.c_contiguous  # time-major underneath
@@ -146,17 +153,6 @@ def test_shifted_batch_checks_its_arguments(rng: np.random.Generator) -> None:
     with pytest.raises(ValueError, match="images: expected dtype float32 or float64"):
         core.shifted_batch(images.astype(np.uint8), np.array([0]), np.zeros(1, np.int64),
                            np.zeros(1, np.int64))  # fmt: skip
-
-
-def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """img moved down by dy and right by dx, zeros coming in: a plain reference."""
-    out = np.zeros_like(img)
-    rows, cols = img.shape
-    for y in range(rows):
-        for x in range(cols):
-            if 0 <= y - dy < rows and 0 <= x - dx < cols:
-                out[y, x] = img[y - dy, x - dx]
-    return out
 
 
 def test_shift_is_reproducible_and_changes_training(tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from lstmcore._native import core as _core
@@ -138,29 +137,21 @@ def prepare(path: str | os.PathLike[str]) -> NDArray[np.float32]:
 
 
 def random_shift(images: Array, max_shift: int, rng: np.random.Generator) -> Array:
-    """Training augmentation: each image (B, rows, cols) moved by its own random whole-pixel
-    offset in [-max_shift, max_shift] along each axis, the uncovered edge filled with 0 (MNIST's
-    background). MNIST centres digits by their centre of mass, so small shifts are the errors a
-    real digit's preparation makes."""
+    """Training augmentation: each image (B, rows, cols), float32 or float64, moved by its own
+    random whole-pixel offset in [-max_shift, max_shift] along each axis, the uncovered edge
+    filled with 0 (MNIST's background). MNIST centres digits by their centre of mass, so small
+    shifts are the errors a real digit's preparation makes. Returns ``images`` itself when
+    ``max_shift`` <= 0, else :func:`shifted_batch` of every image."""
     if max_shift <= 0:
         return images
-    n, rows, cols = images.shape
-    s = max_shift
-    padded = np.pad(images, ((0, 0), (s, s), (s, s)))
-    dy = rng.integers(-s, s + 1, n)
-    dx = rng.integers(-s, s + 1, n)
-    # out[b] = the (rows, cols) window of padded[b] at (s - dy[b], s - dx[b]): one gather of
-    # whole windows (a per-pixel index was three times slower, a sixth of a training step)
-    windows = sliding_window_view(padded, (rows, cols), axis=(1, 2))
-    shifted: Array = windows[np.arange(n), s - dy, s - dx]
-    return shifted
+    return shifted_batch(images, np.arange(len(images)), max_shift, rng)
 
 
 def shifted_batch(
     images: Array, idx: NDArray[np.integer[Any]], max_shift: int, rng: np.random.Generator
 ) -> Array:
-    """``random_shift(images[idx], max_shift, rng)``: the same draws and the same values,
-    gathered by the core in one pass (float32 or float64 images) straight into its time-major
+    """``images[idx]``, each moved as :func:`random_shift` moves it (offsets drawn from ``rng``,
+    rows first), gathered and moved by the core in one pass straight into its time-major
     layout. Returns a (B, rows, cols) view of a (rows, B, cols) C-contiguous array, so the
     model's conversion to time-major copies nothing."""
     n = len(idx)
