@@ -9,6 +9,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
@@ -43,9 +45,51 @@ struct ForwardContext {
   bool has_cache = true;  // false after a forward with need_cache=False: no backward from it
   std::vector<std::int64_t> batch_sizes;  // (T,), or empty: every row runs every step
   py::array x, w_ih, w_hh;
+  // where x, w_ih and w_hh lay when forward read them: an array resized in place
+  // (ndarray.resize(refcheck=False)) moves its data, and backward must not read the old place
+  const void* x_data = nullptr;
+  const void* w_ih_data = nullptr;
+  const void* w_hh_data = nullptr;
   py::array gates, h_all, c_all, tanh_c;
   py::object dgates;  // backward's (T, B, 4H) scratch, made on first use (null until then)
+  // forward passes that have filled these buffers: a Python context made by an earlier pass
+  // (before a reuse=) is stale once this moves on
+  std::uint64_t generation = 0;
+  // set while a call computes on the buffers with the GIL released: a second call on the
+  // same context from another thread would overwrite (or free) what the first one reads
+  std::atomic<bool> busy{false};
 };
+
+// Marks a context in use for the lifetime of a call; a second concurrent call raises instead
+// of racing on the buffers (or freeing the arrays the first call reads).
+class InUse {
+ public:
+  explicit InUse(ForwardContext& c) : c_(c) {
+    if (c_.busy.exchange(true, std::memory_order_acquire)) {
+      throw std::invalid_argument(
+          "ctx: in use by another thread's lstm_forward or lstm_backward right now (a context "
+          "serves one call at a time: give each thread its own)");
+    }
+  }
+  ~InUse() { c_.busy.store(false, std::memory_order_release); }
+  InUse(const InUse&) = delete;
+  InUse& operator=(const InUse&) = delete;
+
+ private:
+  ForwardContext& c_;
+};
+
+// Throws unless `a` still has the shape and data address forward recorded.
+void check_unmoved(const py::array& a, const void* recorded, const char* name,
+                   std::int64_t rows, std::int64_t cols) {
+  const bool same_place = a.data() == recorded;
+  const bool same_shape = a.ndim() >= 2 && a.size() == rows * cols;
+  if (!same_place || !same_shape) {
+    throw std::invalid_argument(std::string(name) +
+                                ": was resized or reallocated after lstm_forward (its data "
+                                "moved); run the forward pass again");
+  }
+}
 
 std::int64_t dim(const py::array& a, int k) { return static_cast<std::int64_t>(a.shape(k)); }
 
@@ -93,9 +137,14 @@ py::tuple forward_impl(const py::object& x, const py::object& h0, const py::obje
 
   py::object ctx_obj = context_for(reuse, d, dt);
   auto& ctx = ctx_obj.cast<ForwardContext&>();
+  const InUse in_use(ctx);  // before anything of a reused context is touched
   ctx.x = args.x;
   ctx.w_ih = args.w_ih;
   ctx.w_hh = args.w_hh;
+  ctx.x_data = args.x.data();
+  ctx.w_ih_data = args.w_ih.data();
+  ctx.w_hh_data = args.w_hh.data();
+  ++ctx.generation;
   ctx.reverse = reverse;
   ctx.has_cache = need_cache;
   ctx.batch_sizes = std::move(batch_sizes);
@@ -147,6 +196,7 @@ py::tuple forward(const py::object& x, const py::object& h0, const py::object& c
 template <typename S>
 py::tuple backward_impl(ForwardContext& ctx, const py::object& dy_obj,
                         const py::object& dh_n_obj, const py::object& dc_n_obj, bool need_dx) {
+  const InUse in_use(ctx);
   if (!ctx.has_cache) {
     throw std::invalid_argument(
         "ctx: comes from a forward pass with need_cache=False (inference): nothing was kept "
@@ -156,6 +206,9 @@ py::tuple backward_impl(ForwardContext& ctx, const py::object& dy_obj,
   const py::dtype& dt = ctx.dtype;
   const std::int64_t G = 4 * d.H;
   const auto in = grad_args<S>(dy_obj, dh_n_obj, dc_n_obj, d, dt);
+  check_unmoved(ctx.x, ctx.x_data, "x", d.T * d.B, d.I);
+  check_unmoved(ctx.w_ih, ctx.w_ih_data, "w_ih", G, d.I);
+  check_unmoved(ctx.w_hh, ctx.w_hh_data, "w_hh", G, d.H);
 
   // scratch kept with the context: repeated backward passes allocate no workspace
   if (!ctx.dgates) ctx.dgates = empty({d.T, d.B, G}, dt);
@@ -366,7 +419,10 @@ PYBIND11_MODULE(_core, m) {
                              [](const ForwardContext& c) {
                                return py::make_tuple(c.dims.T, c.dims.B, c.dims.I, c.dims.H);
                              },
-                             "(T, B, I, H)");
+                             "(T, B, I, H)")
+      .def_property_readonly(
+          "generation", [](const ForwardContext& c) { return c.generation; },
+          "forward passes that have filled this context's buffers (reuse= moves it on)");
 
   m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("bias"), py::arg("reuse") = py::none(),
@@ -387,6 +443,8 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"),
       "ValueError unless every buffer of these sizes fits the core's 32-bit BLAS sizes");
+  m.def("check_matmul", &lstmcore::check_matmul, py::arg("M"), py::arg("N"), py::arg("K"),
+        "ValueError unless an (M, K) x (K, N) product fits the core's 32-bit BLAS sizes");
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, "op(a) @ op(b) through the core's BLAS");
   m.def(

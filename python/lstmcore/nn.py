@@ -6,7 +6,9 @@ Parameters are NumPy arrays held in ``params`` dicts and updated in place by the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,32 @@ def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
     return int(value)
+
+
+class _BufferPool:
+    """Sets of inference contexts, one set per call in flight: each call takes a set (or a
+    fresh one when every set is busy) and gives it back, so calls from several threads never
+    share buffers while steady single-thread use allocates nothing. Only the take and the
+    give hold the lock (well under a microsecond a call); the compute runs unlocked."""
+
+    _KEEP = 8  # sets kept for reuse; more concurrent calls allocate and drop theirs
+
+    def __init__(self, cells: int) -> None:
+        self._cells = cells
+        self._free: list[list[ops.LstmContext | None]] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self) -> Iterator[list[ops.LstmContext | None]]:
+        fresh: list[ops.LstmContext | None] = [None] * self._cells
+        with self._lock:
+            ctxs = self._free.pop() if self._free else fresh
+        try:
+            yield ctxs
+        finally:
+            with self._lock:
+                if len(self._free) < self._KEEP:
+                    self._free.append(ctxs)
 
 
 MAX_CHRONO = 2**53  # chrono's steps are drawn as float64: larger integers are not exact
@@ -131,7 +159,11 @@ class LSTM:
         self.grads: dict[str, Array] = {}
         cells = self.num_layers * self.directions
         self._ctx: list[ops.LstmContext | None] = [None] * cells  # kept for backward
-        self._infer_ctx: list[ops.LstmContext | None] = [None] * cells  # inference's buffers
+        self._inference = _BufferPool(cells)  # inference's buffers, one set per call
+        # training state (the contexts, masks and shape that backward reads) is one per layer:
+        # forward(for_backward=True) and backward hold this lock, so calls from several
+        # threads never tear it (backward differentiates the last training forward)
+        self._training_lock = threading.Lock()
         self._masks: list[Array | None] = []  # the dropout masks of the last training forward
         self._shape: tuple[int, int] | None = None  # (T, B) of the last training forward
 
@@ -265,15 +297,39 @@ class LSTM:
 
         ``need_y=False`` returns None for y (the top layer skips it). The layer reuses its
         buffers from call to call; ``for_backward=False`` (inference: no dropout) leaves what
-        backward needs untouched."""
+        backward needs untouched.
+
+        Threads: inference calls may run from any number of threads at once (each call has
+        its own buffers); training calls (``for_backward=True``) and :meth:`backward` take
+        turns on a lock, and backward differentiates the last training forward."""
         xt = self._check_x(x)
         steps, batch = xt.shape[0], xt.shape[1]
         h0 = self._check_state("h0", h0, batch)
         c0 = self._check_state("c0", c0, batch)
         if lengths is not None and self.device == "cuda":
             raise ValueError("lengths: variable lengths are not supported on device='cuda'")
+        if not for_backward:
+            with self._inference.borrow() as ctxs:
+                _, y, h_n, c_n = self._run(xt, h0, c0, lengths, ctxs, need_y, False)
+            return y, h_n, c_n
+        with self._training_lock:
+            masks, y, h_n, c_n = self._run(xt, h0, c0, lengths, self._ctx, need_y, True)
+            self._masks, self._shape = masks, (steps, batch)
+        return y, h_n, c_n
+
+    def _run(
+        self,
+        xt: Array,
+        h0: Array | None,
+        c0: Array | None,
+        lengths: Any,
+        ctxs: list[ops.LstmContext | None],
+        need_y: bool,
+        for_backward: bool,
+    ) -> tuple[list[Array | None], Array | None, Array, Array]:
+        """The layers over time-major ``xt`` with the contexts ``ctxs`` (updated in place);
+        returns (dropout masks, y, h_n, c_n)."""
         drop = for_backward and self.training and self.dropout > 0.0
-        ctxs = self._ctx if for_backward else self._infer_ctx
         masks: list[Array | None] = []
         h_n: list[Array] = []
         c_n: list[Array] = []
@@ -309,10 +365,8 @@ class LSTM:
                 masks.append(mask)
                 if mask is not None:
                     inp = inp * mask
-        if for_backward:
-            self._masks, self._shape = masks, (steps, batch)
         y = inp.transpose(1, 0, 2) if inp is not None and self.batch_first else inp
-        return y, np.stack(h_n), np.stack(c_n)
+        return masks, y, np.stack(h_n), np.stack(c_n)
 
     def _join(self, outs: list[Array | None]) -> Array | None:
         """The directions' outputs side by side: (T, B, D*H), forward first."""
@@ -332,6 +386,12 @@ class LSTM:
         """Gradients of the last training forward (``for_backward=True``); fills ``grads``;
         returns (dx, dh0, dc0) in the shapes of (x, h0, c0). None gradients mean zeros; dy
         past a sequence's end is ignored. ``need_dx=False`` skips dx (returns None)."""
+        with self._training_lock:
+            return self._backward(dy, dh_n, dc_n, need_dx)
+
+    def _backward(
+        self, dy: Array | None, dh_n: Array | None, dc_n: Array | None, need_dx: bool
+    ) -> tuple[Array | None, Array, Array]:
         if self._shape is None:
             raise RuntimeError("LSTM.backward called before forward")
         steps, batch = self._shape
@@ -405,7 +465,12 @@ class Linear:
         self._x: Array | None = None
 
     def forward(self, x: Array) -> Array:
+        """x W^T + b, keeping x for :meth:`backward`."""
         self._x = x
+        return self.apply(x)
+
+    def apply(self, x: Array) -> Array:
+        """x W^T + b and nothing kept (inference: safe from several threads at once)."""
         out: Array = ops.matmul(x, self.params["weight"], trans_b=True) + self.params["bias"]
         return out
 
@@ -516,6 +581,7 @@ class SequenceClassifier:
         self.dtype = self.lstm.dtype
         features = self.lstm.directions * hidden_size
         self.head = Linear(features, num_classes, dtype=self.dtype, rng=rng)
+        self._training_lock = threading.Lock()  # one loss_and_grads at a time
 
     @property
     def params(self) -> dict[str, Array]:
@@ -544,12 +610,18 @@ class SequenceClassifier:
         return np.ascontiguousarray(np.concatenate(list(top), axis=1))
 
     def logits(self, images: Array) -> Array:
-        """Inference: no gradients, no dropout; the training buffers are left alone."""
+        """Inference: no gradients, no dropout; the training buffers are left alone. Safe to
+        call from several threads at once."""
         _, h_n, _ = self.lstm.forward(self._time_major(images), need_y=False, for_backward=False)
-        return self.head.forward(self._features(h_n))
+        return self.head.apply(self._features(h_n))
 
     def loss_and_grads(self, images: Array, labels: NDArray[np.integer[Any]]) -> tuple[float, int]:
-        """Forward and backward on one batch; fills ``grads``; returns (mean loss, correct)."""
+        """Forward and backward on one batch; fills ``grads``; returns (mean loss, correct).
+        Calls from several threads take turns (the forward and its backward as one)."""
+        with self._training_lock:
+            return self._loss_and_grads(images, labels)
+
+    def _loss_and_grads(self, images: Array, labels: NDArray[np.integer[Any]]) -> tuple[float, int]:
         _, h_n, _ = self.lstm.forward(self._time_major(images), need_y=False)
         logits = self.head.forward(self._features(h_n))
         loss, dlogits = softmax_cross_entropy(logits, labels)

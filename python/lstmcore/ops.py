@@ -57,6 +57,9 @@ class LstmContext:
     dtype: np.dtype
     shape: tuple[int, int, int, int]  # (T, B, I, H)
     order: NDArray[np.intp] | None = None  # rows sorted by length (None: as given)
+    # the native buffers' forward pass this context describes; a later reuse= of the same
+    # buffers moves the native count on and makes this context stale (None: never reused)
+    generation: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,15 +139,33 @@ def _contiguous(value: NDArray[Any] | None) -> NDArray[Any] | None:
     return None if value is None else np.require(value, requirements=("C", "A"))
 
 
-def _check_sizes(x: NDArray[Any], w_hh: NDArray[Any]) -> None:
-    """Rejects sizes whose buffers would overflow the core's 32-bit BLAS sizes before anything
-    is copied or allocated (a broadcast view can claim terabytes)."""
+def _check_shape(name: str, value: NDArray[Any] | None, legend: str, want: tuple[int, ...]) -> None:
+    """ValueError naming ``name`` unless ``value`` (None allowed) has shape ``want``."""
+    if value is not None and value.shape != want:
+        raise ValueError(
+            f"{name}: expected shape {want} {value.dtype}, got {value.shape} {value.dtype} "
+            f"({name} is {legend})"
+        )
+
+
+def _check_sizes(args: dict[str, NDArray[Any] | None]) -> tuple[int, int, int, int]:
+    """(T, B, I, H) after checking every argument's shape and the core's 32-bit BLAS sizes,
+    before anything is copied or allocated (a broadcast view can claim terabytes)."""
+    x, w_hh = args["x"], args["w_hh"]
+    assert x is not None and w_hh is not None  # checked by the caller
     if x.ndim != 3:
         raise ValueError(f"x: expected 3 dimensions (T, B, I), got {x.shape} {x.dtype}")
     if w_hh.ndim != 2:
         raise ValueError(f"w_hh: expected a 2-d array (4H, H), got {w_hh.shape} {w_hh.dtype}")
     steps, batch, inputs = x.shape
-    _core.check_dims(steps, batch, inputs, w_hh.shape[1])
+    hidden = w_hh.shape[1]
+    _check_shape("w_hh", w_hh, "(4H, H)", (4 * hidden, hidden))
+    _check_shape("w_ih", args["w_ih"], "(4H, I)", (4 * hidden, inputs))
+    _check_shape("bias", args["bias"], "(4H,)", (4 * hidden,))
+    _check_shape("h0", args["h0"], "(B, H)", (batch, hidden))
+    _check_shape("c0", args["c0"], "(B, H)", (batch, hidden))
+    _core.check_dims(steps, batch, inputs, hidden)
+    return steps, batch, inputs, hidden
 
 
 def _check_device(device: str) -> None:
@@ -192,7 +213,7 @@ def lstm_forward(
         if args[name] is None:
             raise ValueError(f"{name}: expected a numpy array, got None")
     dtype = _common_dtype(args)
-    _check_sizes(x, w_hh)
+    _check_sizes(args)
     if device != "cpu" and (reverse or lengths is not None):
         feature = "reverse=True" if reverse else "lengths"
         raise ValueError(f"{feature}: not supported on device={device!r} (CPU only for now)")
@@ -215,7 +236,12 @@ def lstm_forward(
     back = _inverse(order)
     y, h_n, c_n = _rows(y, back, axis=1), _rows(h_n, back, axis=0), _rows(c_n, back, axis=0)
     ctx = LstmContext(
-        native=native, device=device, dtype=dtype, shape=tuple(native.shape), order=order
+        native=native,
+        device=device,
+        dtype=dtype,
+        shape=tuple(native.shape),
+        order=order,
+        generation=getattr(native, "generation", None),
     )
     return y, h_n, c_n, ctx
 
@@ -237,6 +263,11 @@ def lstm_backward(
     if not isinstance(ctx, LstmContext):
         kind = type(ctx).__name__
         raise ValueError(f"ctx: expected the LstmContext from lstm_forward, got {kind}")
+    if ctx.generation is not None and ctx.native.generation != ctx.generation:
+        raise ValueError(
+            "ctx: stale: a later lstm_forward(reuse=ctx) overwrote its buffers; use the "
+            "context that call returned"
+        )
     grads = {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}
     if any(g is not None for g in grads.values()):
         dtype = _common_dtype(grads)
@@ -244,6 +275,10 @@ def lstm_backward(
             raise ValueError(
                 f"gradients: dtype {dtype} differs from the forward pass's {ctx.dtype}"
             )
+    steps, batch, _, hidden = ctx.shape
+    _check_shape("dy", dy, "(T, B, H)", (steps, batch, hidden))
+    _check_shape("dh_n", dh_n, "(B, H)", (batch, hidden))
+    _check_shape("dc_n", dc_n, "(B, H)", (batch, hidden))
     arrays = {name: _contiguous(value) for name, value in grads.items()}
     arrays["dy"] = _rows(arrays["dy"], ctx.order, axis=1)
     arrays["dh_n"] = _rows(arrays["dh_n"], ctx.order, axis=0)
@@ -263,5 +298,13 @@ def matmul(
     thread. The layers around the LSTM use it so that numpy's BLAS threads, which keep spinning
     after each call, never compete with the core's threads for the cores."""
     _common_dtype({"a": a, "b": b})  # one float dtype, or ValueError naming the argument
+    for name, value in (("a", a), ("b", b)):
+        if value.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-d numpy array, got {value.shape} {value.dtype}")
+    rows, inner = a.shape[::-1] if trans_a else a.shape
+    inner_b, cols = b.shape[::-1] if trans_b else b.shape
+    if inner != inner_b:
+        raise ValueError(f"b: inner dimension {inner_b} does not match a's {inner}")
+    _core.check_matmul(rows, cols, inner)  # before a copy: a broadcast view can claim terabytes
     out: NDArray[Any] = _core.matmul(_contiguous(a), _contiguous(b), trans_a, trans_b)
     return out
