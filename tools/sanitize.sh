@@ -23,13 +23,15 @@ asan=$(g++ -print-file-name=libasan.so)
 ubsan=$(g++ -print-file-name=libubsan.so)
 # test_isa.py runs every ISA path this CPU supports; test_pool.py the pool (fork, concurrent
 # callers, thread-count changes); test_optim.py the optimizer's update; test_fuzz.py the
-# shifted batch too
+# shifted batch too; test_concurrency.py and test_ops_checks.py the context's in-use guard,
+# staleness and moved-input checks, and the shape checks before conversion
 echo "== ASan + UBSan: core, every ISA path, pool, optimizer, boundary and fuzz tests"
 LD_PRELOAD="$asan $ubsan" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   python -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_fuzz.py \
-    tests/test_reference.py tests/test_isa.py tests/test_pool.py tests/test_optim.py
+    tests/test_reference.py tests/test_isa.py tests/test_pool.py tests/test_optim.py \
+    tests/test_concurrency.py tests/test_ops_checks.py
 deactivate
 
 echo "== valgrind memcheck: a small forward/backward through the regular build"
