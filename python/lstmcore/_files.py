@@ -1,21 +1,70 @@
-"""Atomic file replacement, the one mechanism behind checkpoints, metrics, config and downloads.
+"""Atomic file replacement, the one mechanism behind checkpoints, metrics, config and downloads;
+and reading only regular files.
 
 The new content goes to a temporary file beside the target (``.NAME.XXXX.tmp``), is flushed and
 fsynced, then renamed over the target, and the directory is fsynced: a reader, or a process
 killed at any moment, sees the previous complete file or the new complete one. On any error the
-temporary file is removed and the target is untouched.
+temporary file is removed and the target is untouched, and errors name the target, never the
+temporary (an implementation detail the user never asked for).
+
+Inputs are read through :func:`open_regular`: a FIFO would block the open and every read
+forever, a device can stream without end (``/dev/zero``), a directory is no input.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 TEMP_SUFFIX = ".tmp"
+
+
+class NotRegularFileError(OSError):
+    """A path that must be a regular file is a FIFO, device, directory or socket; the message
+    names the path and what it is."""
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def check_regular(path: str | os.PathLike[str], mode: int) -> None:
+    """NotRegularFileError naming ``path`` unless ``mode`` (an st_mode) is a regular file's."""
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise NotRegularFileError(f"{os.fsdecode(path)}: {kind}, not a regular file")
+
+
+def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader:
+    """``path`` opened for reading in binary; NotRegularFileError (an OSError) when it is not a
+    regular file. Checked before opening (opening a device can itself act, e.g. rewind a
+    tape), and again on the open descriptor: the path may have been replaced in between, and
+    O_NONBLOCK keeps that open from blocking on a FIFO without a writer."""
+    check_regular(path, os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        check_regular(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _naming(err: OSError, target: Path) -> OSError:
+    """The same error (same type and errno) naming the target instead of the temporary."""
+    return type(err)(err.errno, err.strerror, str(target))
 
 
 @contextmanager
@@ -30,7 +79,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[tup
             yield out, tmp
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as err:
+            raise _naming(err, target) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -51,6 +103,8 @@ def _create_temporary(target: Path) -> tuple[int, Path]:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
+        except OSError as err:  # a read-only or full file system, a missing directory
+            raise _naming(err, target) from err
     raise FileExistsError(f"{target}: no free temporary name beside it")
 
 

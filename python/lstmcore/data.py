@@ -4,7 +4,8 @@ Every failure to read a file raises :class:`DataError` (a ValueError) naming the
 is wrong with it; nothing is ever half-loaded. A header's sizes bound what is read: no more than
 the declared bytes are ever decompressed, headers declaring more than ``MAX_IDX_BYTES`` are
 refused, and the data is read in bounded chunks into one buffer (memory grows with the bytes
-actually found, and the data is held once).
+actually found, and the data is held once). Only regular files are read (a FIFO or device is
+refused by name, never read), and labels must lie in ``[0, MAX_CLASSES)``.
 
 Pixels are returned as float32 in [0, 1] (``uint8 / 255``); no further normalisation.
 """
@@ -20,7 +21,8 @@ import shutil
 import sys
 import urllib.request
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from numpy.typing import NDArray
 from lstmcore import _files
 
 __all__ = [
+    "MAX_CLASSES",
     "MAX_IDX_BYTES",
     "MIRRORS",
     "MNIST_FILES",
@@ -78,6 +81,11 @@ _CHUNK = 1 << 20
 # (whose float32 copy is 4 times larger again). A larger header is refused, naming the file.
 MAX_IDX_BYTES = 2**31
 
+# The most classes a data set's labels may name (ImageNet's count; EMNIST has 62): the number
+# of classes is the largest label + 1, and sizes the model's output and the C x C confusion
+# matrix, so one forged label of 60000 would otherwise cost 27 GiB.
+MAX_CLASSES = 1000
+
 
 def bundled_dir() -> Path:
     """The MNIST files shipped inside the package."""
@@ -95,13 +103,24 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("lstmcore", appauthor=False))
 
 
-def _open(path: Path) -> io.BufferedIOBase:
-    """The file's bytes, decompressed when it starts with the gzip magic."""
-    with open(path, "rb") as probe:
-        compressed = probe.read(2) == _GZIP_MAGIC
-    if compressed:
-        return gzip.GzipFile(path, "rb")
-    return open(path, "rb")
+@contextmanager
+def _open(path: Path) -> Iterator[io.BufferedIOBase]:
+    """The file's bytes, decompressed when it starts with the gzip magic; DataError naming the
+    file when it is missing or not a regular file (a FIFO, device or directory)."""
+    try:
+        raw = _files.open_regular(path)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: file not found") from err
+    except _files.NotRegularFileError as err:  # its line names the file already
+        raise DataError(str(err)) from err
+    with raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        if compressed:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                yield stream
+        else:
+            yield raw
 
 
 def _read_exact(
@@ -128,14 +147,13 @@ def read_idx(
 ) -> NDArray[Any]:
     """Reads one IDX file (gzip-compressed or raw) into an array of its declared type and shape.
 
-    Raises DataError for a missing or unreadable file, a bad gzip stream, a wrong magic, an
+    Raises DataError for a missing or unreadable file (or one that is not a regular file: a
+    FIFO, device or directory is never read), a bad gzip stream, a wrong magic, an
     unknown type code, too few or too many data bytes, or (with ``expect_dims``) another
     number of dimensions. ``digest`` (a hashlib object) is updated with the file's
     decompressed contents as they are read, so a checksum costs no second pass.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     try:
         with _open(path) as stream:
             header = _read_exact(stream, 4, path, "header", digest)
@@ -177,12 +195,14 @@ def read_idx(
 
 @dataclass(frozen=True)
 class MnistData:
-    """Images as float32 in [0, 1], shape (N, rows, cols); labels as int64, shape (N,)."""
+    """Images as float32 in [0, 1], shape (N, rows, cols); labels as int64, shape (N,); the
+    directory they were read from."""
 
     train_images: NDArray[np.float32]
     train_labels: NDArray[np.int64]
     test_images: NDArray[np.float32]
     test_labels: NDArray[np.int64]
+    directory: Path
 
     @property
     def num_classes(self) -> int:
@@ -190,8 +210,10 @@ class MnistData:
 
 
 def _present(directory: Path, name: str) -> Path | None:
+    """The file by that name (compressed first), if any; one that is not a regular file is
+    present too, so that reading it says what it is (and --download never replaces it)."""
     for candidate in (directory / f"{name}.gz", directory / name):
-        if candidate.is_file():
+        if candidate.exists():
             return candidate
     return None
 
@@ -203,14 +225,17 @@ def _find(directory: Path, name: str) -> Path:
     return path
 
 
-def _sha256_of_contents(path: Path) -> str:
+def _sha256_of_contents(path: Path, shown: Path | None = None) -> str:
+    """The SHA-256 of the file's (decompressed) contents; errors name ``shown`` (default:
+    ``path``), the file the user knows when ``path`` is a temporary beside it."""
+    shown = path if shown is None else shown
     digest = hashlib.sha256()
     try:
         with _open(path) as stream:
             while chunk := stream.read(_CHUNK):
                 digest.update(chunk)
     except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path}: cannot read: {err}") from err
+        raise DataError(f"{shown}: cannot read: {err}") from err
     return digest.hexdigest()
 
 
@@ -219,8 +244,8 @@ def _check_digest(path: Path, actual: str, expected: str) -> None:
         raise DataError(f"{path}: checksum mismatch (SHA-256 {actual}, expected {expected})")
 
 
-def _verify(path: Path, expected: str) -> None:
-    _check_digest(path, _sha256_of_contents(path), expected)
+def _verify(path: Path, expected: str, shown: Path | None = None) -> None:
+    _check_digest(path if shown is None else shown, _sha256_of_contents(path, shown), expected)
 
 
 def _read_verified(path: Path, dims: int, expected: str | None) -> NDArray[Any]:
@@ -232,17 +257,31 @@ def _read_verified(path: Path, dims: int, expected: str | None) -> NDArray[Any]:
     return array
 
 
+def _check_labels(path: Path, labels: NDArray[Any], classes: int, of_what: str) -> None:
+    """DataError naming the file unless every label is an integer in [0, classes)."""
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: expected integer labels, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{path}: negative label {labels.min()}")
+    if labels.size and labels.max() >= classes:
+        raise DataError(f"{path}: label {labels.max()} is outside {of_what} (0..{classes - 1})")
+
+
 def _load_pair(
-    directory: Path, images_name: str, labels_name: str, checksums: Mapping[str, str] | None
+    directory: Path,
+    images_name: str,
+    labels_name: str,
+    checksums: Mapping[str, str] | None,
+    classes: int,
+    of_what: str,
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The images and labels of one split, every label in [0, classes) (``of_what`` says what
+    the bound is)."""
     images_path = _find(directory, images_name)
     labels_path = _find(directory, labels_name)
     images = _read_verified(images_path, 3, None if checksums is None else checksums[images_name])
     labels = _read_verified(labels_path, 1, None if checksums is None else checksums[labels_name])
-    if labels.dtype.kind not in "iu":
-        raise DataError(f"{labels_path}: expected integer labels, got {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise DataError(f"{labels_path}: negative label {labels.min()}")
+    _check_labels(labels_path, labels, classes, of_what)
     if images.shape[0] != labels.shape[0]:
         raise DataError(
             f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} images in {images_path}"
@@ -274,6 +313,7 @@ def load_mnist(
     *,
     download_missing: bool = False,
     mirrors: Sequence[str] = MIRRORS,
+    num_classes: int | None = None,
 ) -> MnistData:
     """Loads the four standard files.
 
@@ -283,6 +323,9 @@ def load_mnist(
     published MNIST are fetched into ``data_dir`` itself (default: :func:`default_cache_dir`)
     and verified; a directory holding some files of another data set is refused (DataError),
     never completed with MNIST's.
+
+    Every label must lie in [0, MAX_CLASSES), or with ``num_classes`` (a trained model's) in
+    [0, num_classes); DataError naming the file otherwise.
     """
     checksums: Mapping[str, str] | None = None
     if data_dir is None and not download_missing:
@@ -294,14 +337,23 @@ def load_mnist(
             _refuse_foreign_files(directory)
             download(directory, mirrors=mirrors, files=missing)
             checksums = MNIST_FILES
-    train = _load_pair(directory, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", checksums)
-    test = _load_pair(directory, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", checksums)
+    bound = (
+        (MAX_CLASSES, f"the limit of {MAX_CLASSES} classes")
+        if num_classes is None
+        else (num_classes, f"the model's {num_classes} classes")
+    )
+    train = _load_pair(
+        directory, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", checksums, *bound
+    )
+    test = _load_pair(
+        directory, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", checksums, *bound
+    )
     if train[0].shape[1:] != test[0].shape[1:]:
         raise DataError(
             f"{directory}: training images {train[0].shape[1:]} and test images "
             f"{test[0].shape[1:]} differ in size"
         )
-    return MnistData(train[0], train[1], test[0], test[1])
+    return MnistData(train[0], train[1], test[0], test[1], directory)
 
 
 def _fetch(url: str, target: Path, expected: str, timeout: float) -> None:
@@ -310,7 +362,7 @@ def _fetch(url: str, target: Path, expected: str, timeout: float) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out, _CHUNK)
         out.flush()
-        _verify(tmp, expected)  # a mismatch abandons the temporary file
+        _verify(tmp, expected, shown=target)  # a mismatch abandons the temporary file
 
 
 def download(

@@ -28,22 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         classifier = load(args.checkpoint)  # the network and its task (rows, pixels, permuted)
-        mnist = data.load_mnist(args.data_dir)
+        # labels beyond the model's classes are refused: they would size the confusion matrix
+        mnist = data.load_mnist(args.data_dir, num_classes=classifier.num_classes)
         try:
             classifier.check_images(mnist.test_images[:1])
         except ValueError as err:
             raise data.DataError(
-                f"{args.data_dir}: images are {mnist.test_images.shape[1:]}, the model reads "
+                f"{mnist.directory}: images are {mnist.test_images.shape[1:]}, the model reads "
                 f"{classifier.image_shape} ({err})"
             ) from err
     except (checkpoint.CheckpointError, data.DataError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     predicted = classifier.predict(mnist.test_images)
-    model = classifier.network
     correct = int(np.sum(predicted == mnist.test_labels))
-    classes = max(model.config["num_classes"], mnist.num_classes)
-    print(format_confusion(confusion_matrix(mnist.test_labels, predicted, classes)))
+    m = confusion_matrix(mnist.test_labels, predicted, classifier.num_classes)
+    print(format_confusion(m))
     print(accuracy_line(correct, len(mnist.test_labels)))
     return 0
 

@@ -28,7 +28,7 @@ from lstmcore import _files, checkpoint, model
 
 Array = NDArray[Any]
 
-__all__ = ["OPSET", "LstmLayer", "build_onnx", "export", "lstm_layers"]
+__all__ = ["OPSET", "LstmLayer", "build_onnx", "check_output", "export", "lstm_layers"]
 
 OPSET = 17  # LSTM, Gather, Gemm as used here are unchanged since; onnxruntime runs 7..23+
 
@@ -186,9 +186,28 @@ def build_onnx(classifier: model.Classifier) -> Any:
     return proto
 
 
+def check_output(checkpoint_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """ExportError when ``out`` is the checkpoint itself (the same file under another name, a
+    symlink or a hard link: replacing it would destroy the checkpoint); NotRegularFileError
+    (an OSError) when it exists and is not a regular file (a device or FIFO would be replaced
+    by a regular file, a directory cannot be). A missing ``out`` is fine."""
+    try:
+        target = os.stat(out)
+    except FileNotFoundError:
+        return
+    if os.path.samestat(target, os.stat(checkpoint_path)):
+        raise ExportError(
+            f"{out}: the output is the checkpoint {checkpoint_path} itself; not replacing it"
+        )
+    _files.check_regular(out, target.st_mode)
+
+
 def export(checkpoint_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
-    """Writes the checkpoint's classifier to ``out`` as ONNX (atomically)."""
-    proto = build_onnx(model.load(checkpoint_path))
+    """Writes the checkpoint's classifier to ``out`` as ONNX, only by an atomic rename over it
+    (see :func:`check_output` for the outputs refused)."""
+    classifier = model.load(checkpoint_path)
+    check_output(checkpoint_path, out)
+    proto = build_onnx(classifier)
     with _files.atomic_write(out) as (handle, _):
         handle.write(proto.SerializeToString())
 

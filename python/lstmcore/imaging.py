@@ -4,6 +4,9 @@ MNIST's digits are white on black, their bounding box scaled (aspect ratio kept,
 to fit 20x20, then placed in a 28x28 field with their centre of mass at its centre. This module
 does the same to any image Pillow reads (``pip install 'lstmcore[image]'``):
 
+0. Only regular files are read (a FIFO or device is refused, never opened for reading), and
+   an image whose header declares more than ``MAX_PIXELS`` pixels is refused before its
+   pixels are decoded (a 37 KB PNG can declare 13000x13000: gigabytes once decoded).
 1. EXIF rotation applied; transparent pixels laid over white (a digit drawn on a transparent
    canvas reads as drawn on paper); converted to grayscale (ITU-R 601-2 luma), scaled to [0, 1].
 2. **Light backgrounds are inverted**: when the mean of the border (the outer 5% of each side,
@@ -19,11 +22,13 @@ does the same to any image Pillow reads (``pip install 'lstmcore[image]'``):
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from lstmcore import _files
 from lstmcore._native import core as _core
 
 Array = NDArray[Any]
@@ -41,6 +46,9 @@ FIELD = 28  # MNIST's image side
 BOX = 20  # the side of the box the digit is scaled into
 NOISE_FLOOR = 0.1  # after contrast stretching; below it is background
 BORDER_FRACTION = 0.05
+# the largest image read, in pixels: more than a phone camera's photo, and its float copies
+# already take about 1 GB; below Pillow's own bomb limits (it warns at 89 MP, raises at 179 MP)
+MAX_PIXELS = 40_000_000
 
 
 class ImageError(ValueError):
@@ -59,21 +67,48 @@ def require_pillow() -> Any:
 
 
 def load_grayscale(path: str | os.PathLike[str]) -> NDArray[np.float32]:
-    """Any image Pillow reads as (height, width) float32 in [0, 1]; ImageError if unreadable."""
+    """Any image Pillow reads as (height, width) float32 in [0, 1]; ImageError if unreadable,
+    not a regular file, or larger than ``MAX_PIXELS``."""
     image_mod, image_ops = require_pillow()
     try:
-        with image_mod.open(path) as img:
+        with _files.open_regular(path) as stream, _open_bounded(image_mod, stream, path) as img:
             img = image_ops.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                 rgba = img.convert("RGBA")
                 paper = image_mod.new("RGBA", rgba.size, (255, 255, 255, 255))
                 img = image_mod.alpha_composite(paper, rgba)
             gray: NDArray[np.float32] = np.asarray(img.convert("L"), dtype=np.float32)
-    # Pillow raises any of these on bad files; the bomb check on absurd pixel counts
-    except (OSError, ValueError, SyntaxError, image_mod.DecompressionBombError) as err:
+    except ImageError:
+        raise
+    except _files.NotRegularFileError as err:  # its line names the file already
+        raise ImageError(str(err)) from err
+    # Pillow raises any of these on bad files
+    except (OSError, ValueError, SyntaxError) as err:
         raise ImageError(f"{path}: cannot read image: {err}") from err
     scaled: NDArray[np.float32] = gray / np.float32(255.0)
     return scaled
+
+
+def _too_large(path: str | os.PathLike[str], size: str = "") -> ImageError:
+    return ImageError(f"{path}: image too large{size}: more than {MAX_PIXELS:,} pixels")
+
+
+def _open_bounded(image_mod: Any, stream: Any, path: str | os.PathLike[str]) -> Any:
+    """Image.open on ``stream``, its pixels not decoded yet; ImageError when the header declares
+    more than MAX_PIXELS. Pillow's own bomb check runs inside open: its warning (multi-line, on
+    stderr) is silenced, since every image it warns about is refused here with its size, and
+    its error (twice its limit, raised before the size is known) becomes the same line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", image_mod.DecompressionBombWarning)
+            img = image_mod.open(stream)
+    except image_mod.DecompressionBombError as err:
+        raise _too_large(path) from err
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise _too_large(path, f" ({width}x{height})")
+    return img
 
 
 def _border(gray: NDArray[np.float32]) -> NDArray[np.float32]:
