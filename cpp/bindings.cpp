@@ -43,6 +43,7 @@ struct ForwardContext {
   py::dtype dtype;
   bool reverse = false;
   bool has_cache = true;  // false after a forward with need_cache=False: no backward from it
+  lstmcore::Precision precision = lstmcore::Precision::kNative;  // backward runs the same rule
   std::vector<std::int64_t> batch_sizes;  // (T,), or empty: every row runs every step
   py::array x, w_ih, w_hh;
   // where x, w_ih and w_hh lay when forward read them: an array resized in place
@@ -115,6 +116,17 @@ py::object context_for(const py::object& reuse, const Dims& d, const py::dtype& 
   return py::cast(std::move(fresh));
 }
 
+// "native" or "bf16" (see lstm.h); ops maps the Python-side names onto these
+lstmcore::Precision precision_arg(const std::string& name) {
+  if (name == "native") return lstmcore::Precision::kNative;
+  if (name == "bf16") return lstmcore::Precision::kBf16;
+  throw std::invalid_argument("precision: expected 'native' or 'bf16', got '" + name + "'");
+}
+
+const char* precision_name(lstmcore::Precision p) {
+  return p == lstmcore::Precision::kBf16 ? "bf16" : "native";
+}
+
 // batch_sizes: None, or (T,) int64, non-increasing, within [0, B] (see lstm.h)
 std::vector<std::int64_t> batch_sizes_arg(const py::object& obj, const Dims& d) {
   if (obj.is_none()) return {};
@@ -129,9 +141,13 @@ template <typename S>
 py::tuple forward_impl(const py::object& x, const py::object& h0, const py::object& c0,
                        const py::object& w_ih, const py::object& w_hh, const py::object& bias,
                        const py::dtype& dt, const py::object& reuse, bool need_y, bool reverse,
-                       const py::object& batch_sizes_obj, bool need_cache) {
+                       const py::object& batch_sizes_obj, bool need_cache,
+                       lstmcore::Precision precision) {
   // every argument is checked before a reused context is touched
   const auto args = forward_args<S>(x, h0, c0, w_ih, w_hh, bias, dt);
+  if (precision == lstmcore::Precision::kBf16 && !is_float32(dt)) {
+    throw std::invalid_argument("precision: bf16 runs on float32 arrays, got float64");
+  }
   const Dims& d = args.d;
   std::vector<std::int64_t> batch_sizes = batch_sizes_arg(batch_sizes_obj, d);
 
@@ -146,6 +162,7 @@ py::tuple forward_impl(const py::object& x, const py::object& h0, const py::obje
   ctx.w_hh_data = args.w_hh.data();
   ++ctx.generation;
   ctx.reverse = reverse;
+  ctx.precision = precision;
   ctx.has_cache = need_cache;
   ctx.batch_sizes = std::move(batch_sizes);
   py::array y;  // a placeholder (never written) when y is not wanted
@@ -167,7 +184,7 @@ py::tuple forward_impl(const py::object& x, const py::object& h0, const py::obje
   {
     py::gil_scoped_release nogil;
     lstmcore::lstm_forward<S>(cache, xp, args.h0, args.c0, w_ihp, w_hhp, biasp, d, reverse,
-                              sizes);
+                              sizes, precision);
     const std::size_t bh = static_cast<std::size_t>(d.B * d.H);
     if (bh > 0) {
       if (yp != nullptr) lstmcore::lstm_collect_y<S>(yp, cache.h_all, d, reverse, sizes);
@@ -183,14 +200,15 @@ py::tuple forward_impl(const py::object& x, const py::object& h0, const py::obje
 py::tuple forward(const py::object& x, const py::object& h0, const py::object& c0,
                   const py::object& w_ih, const py::object& w_hh, const py::object& bias,
                   const py::object& reuse, bool need_y, bool reverse,
-                  const py::object& batch_sizes, bool need_cache) {
+                  const py::object& batch_sizes, bool need_cache, const std::string& precision) {
   const py::dtype dt = float_dtype_of(x);
+  const lstmcore::Precision p = precision_arg(precision);
   if (is_float32(dt)) {
     return forward_impl<float>(x, h0, c0, w_ih, w_hh, bias, dt, reuse, need_y, reverse,
-                               batch_sizes, need_cache);
+                               batch_sizes, need_cache, p);
   }
   return forward_impl<double>(x, h0, c0, w_ih, w_hh, bias, dt, reuse, need_y, reverse,
-                              batch_sizes, need_cache);
+                              batch_sizes, need_cache, p);
 }
 
 template <typename S>
@@ -235,7 +253,7 @@ py::tuple backward_impl(ForwardContext& ctx, const py::object& dy_obj,
   {
     py::gil_scoped_release nogil;
     lstmcore::lstm_backward<S>(grads, dg, cache, x, w_ih, w_hh, in.dy, in.dh_n, in.dc_n, d,
-                               ctx.reverse, sizes);
+                               ctx.reverse, sizes, ctx.precision);
   }
   py::object dx_out = need_dx ? py::object(dx) : py::object(py::none());
   return py::make_tuple(dx_out, dh0, dc0, dw_ih, dw_hh, dbias);
@@ -422,17 +440,22 @@ PYBIND11_MODULE(_core, m) {
                              "(T, B, I, H)")
       .def_property_readonly(
           "generation", [](const ForwardContext& c) { return c.generation; },
-          "forward passes that have filled this context's buffers (reuse= moves it on)");
+          "forward passes that have filled this context's buffers (reuse= moves it on)")
+      .def_property_readonly(
+          "precision", [](const ForwardContext& c) { return precision_name(c.precision); },
+          "'native' or 'bf16': the rule of the forward pass (backward runs the same)");
 
   m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("bias"), py::arg("reuse") = py::none(),
         py::arg("need_y") = true, py::arg("reverse") = false,
         py::arg("batch_sizes") = py::none(), py::arg("need_cache") = true,
+        py::arg("precision") = "native",
         "forward(x, h0, c0, w_ih, w_hh, bias, reuse=None, need_y=True, reverse=False,\n"
-        "batch_sizes=None, need_cache=True) -> (y, h_n, c_n, ctx); h0/c0 may be None; reuse:\n"
-        "an earlier ctx of the same shapes to overwrite; batch_sizes: (T,) int64 rows active\n"
-        "per step (rows sorted by length, longest first); need_cache=False: inference, nothing\n"
-        "kept for backward (ctx then refuses backward)");
+        "batch_sizes=None, need_cache=True, precision='native') -> (y, h_n, c_n, ctx); h0/c0\n"
+        "may be None; reuse: an earlier ctx of the same shapes to overwrite; batch_sizes: (T,)\n"
+        "int64 rows active per step (rows sorted by length, longest first); need_cache=False:\n"
+        "inference, nothing kept for backward (ctx then refuses backward); precision 'bf16':\n"
+        "float32 arrays, GEMM operands rounded to bfloat16 (backward follows the ctx)");
   m.def("backward", &backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         py::arg("need_dx") = true,
         "backward(ctx, dy, dh_n, dc_n, need_dx=True) -> (dx, dh0, dc0, dw_ih, dw_hh, dbias)");

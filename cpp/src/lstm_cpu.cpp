@@ -32,7 +32,9 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 
+#include "bf16.h"
 #include "blas.h"
 #include "kernels/kernels.h"
 #include "pool.h"
@@ -112,11 +114,56 @@ class Scratch {
   std::size_t size_ = 0;
 };
 
+// what each scratch slot holds (a call's own thread's buffers; the pool's threads read them)
+enum ScratchSlot : int {
+  kFwdPacked,   // forward's packed [W_ih | W_hh]
+  kBwdPacked,   // backward's packed W_hh
+  kRoundedX,    // bf16: x rounded (T, B, I)
+  kRoundedPair, // bf16: forward's two (B, H) rounded h, backward's two (B, 4H) rounded dgates
+  kRoundedH,    // bf16: backward's rounded h_prev (T, B, H)
+  kRoundedWih,  // bf16: backward's rounded W_ih (4H, I)
+  kScratchSlots
+};
+
 template <typename S>
 S* scratch(int which, i64 elements) {
-  thread_local Scratch buffers[2];  // [forward packing, backward packing]
+  thread_local Scratch buffers[kScratchSlots];
   const std::size_t bytes = sizeof(S) * static_cast<std::size_t>(std::max<i64>(elements, 1));
   return static_cast<S*>(buffers[which].get(bytes));
+}
+
+// Whether a call runs the bf16 rule (see lstm.h); bf16 rounds float32 operands only.
+template <typename S>
+bool wants_bf16(Precision p) {
+  if (p == Precision::kNative) return false;
+  if constexpr (!std::is_same_v<S, float>) {
+    throw std::invalid_argument("precision: bf16 runs on float32 arrays, got float64");
+  }
+  return true;
+}
+
+// bf16::round_n for float; never reached for double (wants_bf16 throws first)
+template <typename S>
+void round_n([[maybe_unused]] S* dst, [[maybe_unused]] const S* src, [[maybe_unused]] i64 n) {
+  if constexpr (std::is_same_v<S, float>) bf16::round_n(dst, src, n);
+}
+
+// rows [r0, r1) of the (rows, 4H) gate arrays, units [u0, u1) of each of the four gates
+template <typename S>
+void round_gate_units([[maybe_unused]] S* dst, [[maybe_unused]] const S* src,
+                      [[maybe_unused]] i64 H, [[maybe_unused]] i64 r0, [[maybe_unused]] i64 r1,
+                      [[maybe_unused]] i64 u0, [[maybe_unused]] i64 u1) {
+  if constexpr (std::is_same_v<S, float>) {
+    for (i64 g = 0; g < 4; ++g) bf16::round_block(dst, src, 4 * H, r0, r1, g * H + u0, g * H + u1);
+  }
+}
+
+// rows [r0, r1) of (rows, H) states, units [u0, u1)
+template <typename S>
+void round_units([[maybe_unused]] S* dst, [[maybe_unused]] const S* src, [[maybe_unused]] i64 H,
+                 [[maybe_unused]] i64 r0, [[maybe_unused]] i64 r1, [[maybe_unused]] i64 u0,
+                 [[maybe_unused]] i64 u1) {
+  if constexpr (std::is_same_v<S, float>) bf16::round_block(dst, src, H, r0, r1, u0, u1);
 }
 
 // Rows that run at time t: all B, or the first batch_sizes[t] (rows are sorted by length).
@@ -278,9 +325,10 @@ void check_batch_sizes(const i64* batch_sizes, const Dims& d) {
 template <typename S>
 void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c0, const S* w_ih,
                   const S* w_hh, const S* bias, const Dims& d, bool reverse,
-                  const i64* batch_sizes) {
+                  const i64* batch_sizes, Precision precision) {
   check_dims(d);
   check_batch_sizes(batch_sizes, d);
+  const bool bf16 = wants_bf16<S>(precision);
   const pool::DenormalsAreZero daz;  // the calling thread's share (BLAS, packing); see pool.h
   const i64 B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
   const kern::Ops<S>& K = ops_of<S>(kern::active());
@@ -293,9 +341,32 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
   // [W_ih | W_hh] packed per call (tens of microseconds; it can never go stale): the kernel
   // computes b + x_t W_ih^T + h_{t-1} W_hh^T in one register tile, so there is no separate
   // input-projection GEMM and no (T, B, 4H) pre-activation buffer to write and read back
-  S* const packed = scratch<S>(0, K.fwd_packed_size(d.I, H));
+  S* const packed = scratch<S>(kFwdPacked, K.fwd_packed_size(d.I, H));
   K.pack_fwd(packed, w_ih, w_hh, d.I, H);
   const i64 nblk = (H + K.fwd_units - 1) / K.fwd_units;
+
+  // bf16: the kernels read rounded operands. Packing only moves weights and pads with zeros,
+  // so rounding the panels rounds W_ih and W_hh; x is rounded into a copy; each step rounds
+  // the h it writes into one of two (B, H) buffers (by slot parity) that the next step reads,
+  // while h_all keeps the float32 states (y, h_n and backward read those)
+  const S* xs = x;
+  S* h_rounded = nullptr;
+  if (bf16) {
+    round_n(packed, packed, K.fwd_packed_size(d.I, H));
+    S* x_rounded = scratch<S>(kRoundedX, d.T * B * d.I);
+    parallel_blocks(d.T, 1, [&](i64 t0, i64 t1) {
+      round_n(x_rounded + t0 * B * d.I, x + t0 * B * d.I, (t1 - t0) * B * d.I);
+    });
+    xs = x_rounded;
+    h_rounded = scratch<S>(kRoundedPair, 2 * BH);
+    round_n(h_rounded + (initial_slot(d, reverse) % 2) * BH, cache.h_all + first, BH);
+  }
+  // the h a step reads for its GEMM from slot `slot`, and where a step writes its rounding
+  auto h_operand = [&](i64 slot) -> S* {
+    return bf16 ? h_rounded + (slot % 2) * BH : cache.h_all + slot * BH;
+  };
+  const i64 U = K.fwd_units;
+
   const Tuner::Key key{cache.tanh_c != nullptr ? 0 : 1, static_cast<int>(sizeof(S)),
                        get_num_threads(), B, d.I, H};
   int slot = -1;
@@ -308,12 +379,13 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
   auto step = [&](i64 s, i64 r0, i64 r1, i64 k0, i64 k1, bool carry) {
     const i64 t = time_at(s, d, reverse);
     const i64 n = std::min(r1, active_rows(batch_sizes, d, t));
-    const i64 prev = prev_slot(t, reverse) * BH, next = next_slot(t, reverse) * BH;
+    const i64 prev_s = prev_slot(t, reverse), next_s = next_slot(t, reverse);
+    const i64 prev = prev_s * BH, next = next_s * BH;
     if (n > r0) {
       const bool train = cache.tanh_c != nullptr;
       const kern::FwdStep<S> a{packed,
-                               x + t * B * d.I,
-                               cache.h_all + prev,
+                               xs + t * B * d.I,
+                               h_operand(prev_s),
                                cache.c_all + prev,
                                bias,
                                train ? cache.gates + t * B * G : nullptr,
@@ -323,11 +395,18 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
                                d.I,
                                H};
       K.fwd_step(a, r0, n, k0, k1);
+      if (bf16) {
+        round_units(h_operand(next_s), cache.h_all + next, H, r0, n, std::min(H, k0 * U),
+                    std::min(H, k1 * U));
+      }
     }
     if (carry) {
       const i64 c0r = std::max(r0, n);
       copy_rows(cache.h_all + next + c0r * H, cache.h_all + prev + c0r * H, (r1 - c0r) * H);
       copy_rows(cache.c_all + next + c0r * H, cache.c_all + prev + c0r * H, (r1 - c0r) * H);
+      if (bf16) {
+        copy_rows(h_operand(next_s) + c0r * H, h_operand(prev_s) + c0r * H, (r1 - c0r) * H);
+      }
     }
   };
 
@@ -372,26 +451,36 @@ void lstm_collect_y(S* y, const S* h_all, const Dims& d, bool reverse, const i64
 
 namespace {
 
-// dW_ih (G, I), dW_hh (G, H) and db (G,) from dgates over every active row; h_prev_all (TB, H)
-// holds the state each row's step read. Split by the gradients' rows (gate units).
+// db (G,) from dgates over every active row, the rows summed in order: the result never
+// depends on the thread count. Split by gate columns.
+template <typename S>
+void bias_gradient(S* db, const S* dgates, const Dims& d, const i64* batch_sizes) {
+  const i64 G = 4 * d.H;
+  parallel_blocks(G, kMinRows, [&](i64 g0, i64 g1) {
+    std::fill(db + g0, db + g1, S(0));
+    for (i64 t = 0; t < d.T; ++t) {
+      const i64 r0 = t * d.B, n = active_rows(batch_sizes, d, t);
+      for (i64 r = r0; r < r0 + n; ++r) {
+        const S* row = dgates + r * G;
+        for (i64 k = g0; k < g1; ++k) db[k] += row[k];
+      }
+    }
+  });
+}
+
+// dW_ih (G, I) and dW_hh (G, H) from dgates over every active row; h_prev_all (TB, H) holds
+// the state each row's step read. Split by the gradients' rows (gate units).
 template <typename S>
 void weight_gradients(const LstmGrads<S>& grads, const S* dgates, const S* x,
                       const S* h_prev_all, const Dims& d, const i64* batch_sizes) {
   const i64 H = d.H, G = 4 * H, TB = d.T * d.B;
   parallel_blocks(G, kMinRows, [&](i64 g0, i64 g1) {
     const i64 ng = g1 - g0;
-    S* db = grads.dbias;
-    std::fill(db + g0, db + g1, S(0));
     if (batch_sizes == nullptr || d.T == 0) {
       blas::gemm<S>(true, false, ng, d.I, TB, S(1), dgates + g0, G, x, d.I, S(0),
                     grads.dw_ih + g0 * d.I, d.I);
       blas::gemm<S>(true, false, ng, H, TB, S(1), dgates + g0, G, h_prev_all, H, S(0),
                     grads.dw_hh + g0 * H, H);
-      // db: rows summed in order, so the result never depends on the thread count
-      for (i64 r = 0; r < TB; ++r) {
-        const S* row = dgates + r * G;
-        for (i64 k = g0; k < g1; ++k) db[k] += row[k];
-      }
       return;
     }
     // only the active rows of each step: a GEMM per step, accumulated in time order
@@ -402,12 +491,39 @@ void weight_gradients(const LstmGrads<S>& grads, const S* dgates, const S* x,
                     beta, grads.dw_ih + g0 * d.I, d.I);
       blas::gemm<S>(true, false, ng, H, n, S(1), dgates + r0 * G + g0, G, h_prev_all + r0 * H,
                     H, beta, grads.dw_hh + g0 * H, H);
-      for (i64 r = r0; r < r0 + n; ++r) {
-        const S* row = dgates + r * G;
-        for (i64 k = g0; k < g1; ++k) db[k] += row[k];
-      }
     }
   });
+}
+
+// bf16: the operands of backward's GEMMs after the loop, rounded (see lstm.h); the active
+// rows of dgates in place (the bias gradient has summed them already), the rest into copies
+template <typename S>
+struct RoundedOperands {
+  const S* x;
+  const S* h_prev_all;
+  const S* w_ih;
+};
+
+template <typename S>
+RoundedOperands<S> round_backward_operands(S* dgates, const S* x, const S* h_prev_all,
+                                           const S* w_ih, const Dims& d, const i64* batch_sizes,
+                                           bool need_w_ih) {
+  const i64 G = 4 * d.H, B = d.B;
+  S* xr = scratch<S>(kRoundedX, d.T * B * d.I);
+  S* hr = scratch<S>(kRoundedH, d.T * B * d.H);
+  parallel_blocks(d.T, 1, [&](i64 t0, i64 t1) {
+    for (i64 t = t0; t < t1; ++t) {
+      round_n(dgates + t * B * G, dgates + t * B * G, active_rows(batch_sizes, d, t) * G);
+    }
+    round_n(xr + t0 * B * d.I, x + t0 * B * d.I, (t1 - t0) * B * d.I);
+    round_n(hr + t0 * B * d.H, h_prev_all + t0 * B * d.H, (t1 - t0) * B * d.H);
+  });
+  S* wr = nullptr;
+  if (need_w_ih) {
+    wr = scratch<S>(kRoundedWih, G * d.I);
+    round_n(wr, w_ih, G * d.I);
+  }
+  return {xr, hr, wr};
 }
 
 // dx (T, B, I) = dgates w_ih for active rows, zero elsewhere
@@ -437,9 +553,11 @@ void input_gradient(S* dx, const S* dgates, const S* w_ih, const Dims& d, const 
 template <typename S>
 void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>& cache,
                    const S* x, const S* w_ih, const S* w_hh, const S* dy, const S* dh_n,
-                   const S* dc_n, const Dims& d, bool reverse, const i64* batch_sizes) {
+                   const S* dc_n, const Dims& d, bool reverse, const i64* batch_sizes,
+                   Precision precision) {
   check_dims(d);
   check_batch_sizes(batch_sizes, d);
+  const bool bf16 = wants_bf16<S>(precision);
   const pool::DenormalsAreZero daz;  // the calling thread's share (BLAS, packing); see pool.h
   const i64 B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
   const kern::Ops<S>& K = ops_of<S>(kern::active());
@@ -450,9 +568,22 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
   copy_or_zero(grads.dh0, dh_n, BH);
   copy_or_zero(grads.dc0, dc_n, BH);
   if (d.T > 0 && BH > 0) {
-    S* const packed = scratch<S>(1, K.bwd_packed_size(H));
+    S* const packed = scratch<S>(kBwdPacked, K.bwd_packed_size(H));
     K.pack_bwd(packed, w_hh, H);
     const i64 npan = (H + K.bwd_units - 1) / K.bwd_units;
+    // bf16: the panels rounded (W_hh), and each step rounds the dgates it writes into one of
+    // two (B, 4H) buffers (by step parity) that the next step's dh GEMM reads; dgates itself
+    // keeps float32 for the bias gradient
+    S* dg_rounded = nullptr;
+    if (bf16) {
+      round_n(packed, packed, K.bwd_packed_size(H));
+      dg_rounded = scratch<S>(kRoundedPair, 2 * B * G);
+    }
+    // the dgates of backward step q (at time t) as the dh GEMM reads them
+    auto dg_operand = [&](i64 q, i64 t) -> const S* {
+      return bf16 ? dg_rounded + (q % 2) * B * G : dgates + t * B * G;
+    };
+    const i64 P = K.bwd_units;
     const Tuner::Key key{2, static_cast<int>(sizeof(S)), get_num_threads(), B, d.I, H};
     int slot = -1;
     const Plan plan =
@@ -471,7 +602,7 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
       i64 n_prev = 0;
       if (q > 0) {
         const i64 tp = time_at(s + 1, d, reverse);
-        dg_prev = dgates + tp * B * G;
+        dg_prev = dg_operand(q - 1, tp);
         n_prev = std::min(r1, active_rows(batch_sizes, d, tp));
       }
       if (n > r0) {
@@ -488,6 +619,10 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
                                  nullptr,
                                  H};
         K.bwd_step(a, r0, n, p0, p1);
+        if (bf16) {
+          round_gate_units(dg_rounded + (q % 2) * B * G, dgates + t * B * G, H, r0, n,
+                           std::min(H, p0 * P), std::min(H, p1 * P));
+        }
       }
       // rows whose first step was the previous one in this order (or, after the last step,
       // every row still active): dh0 = dgates_prev W_hh
@@ -504,7 +639,7 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
       const i64 t = time_at(0, d, reverse);
       const i64 n = std::min(r1, active_rows(batch_sizes, d, t));
       if (n <= r0) return;
-      const kern::BwdStep<S> a{packed, dgates + t * B * G, n, nullptr, nullptr, nullptr,
+      const kern::BwdStep<S> a{packed, dg_operand(d.T - 1, t), n, nullptr, nullptr, nullptr,
                                nullptr, nullptr, nullptr, nullptr, grads.dh0, H};
       K.bwd_step(a, r0, n, p0, p1);
     };
@@ -542,8 +677,14 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
 
   // the state each step read: slot t (forward) or t+1 (reverse), so rows line up with dgates
   const S* h_prev_all = cache.h_all + (reverse ? BH : 0);
-  weight_gradients(grads, dgates, x, h_prev_all, d, batch_sizes);
-  if (grads.dx != nullptr) input_gradient(grads.dx, dgates, w_ih, d, batch_sizes);
+  bias_gradient(grads.dbias, dgates, d, batch_sizes);  // float32 gate gradients, also in bf16
+  RoundedOperands<S> ops{x, h_prev_all, w_ih};
+  if (bf16) {
+    ops = round_backward_operands(dgates, x, h_prev_all, w_ih, d, batch_sizes,
+                                  grads.dx != nullptr);
+  }
+  weight_gradients(grads, dgates, ops.x, ops.h_prev_all, d, batch_sizes);
+  if (grads.dx != nullptr) input_gradient(grads.dx, dgates, ops.w_ih, d, batch_sizes);
 }
 
 void check_matmul(i64 M, i64 N, i64 K) {
@@ -586,18 +727,19 @@ template void matmul<double>(double*, const double*, const double*, i64, i64, i6
                              bool, bool);
 template void lstm_forward<float>(const LstmCache<float>&, const float*, const float*,
                                   const float*, const float*, const float*, const float*,
-                                  const Dims&, bool, const i64*);
+                                  const Dims&, bool, const i64*, Precision);
 template void lstm_forward<double>(const LstmCache<double>&, const double*, const double*,
                                    const double*, const double*, const double*, const double*,
-                                   const Dims&, bool, const i64*);
+                                   const Dims&, bool, const i64*, Precision);
 template void lstm_collect_y<float>(float*, const float*, const Dims&, bool, const i64*);
 template void lstm_collect_y<double>(double*, const double*, const Dims&, bool, const i64*);
 template void lstm_backward<float>(const LstmGrads<float>&, float*, const LstmConstCache<float>&,
                                    const float*, const float*, const float*, const float*,
-                                   const float*, const float*, const Dims&, bool, const i64*);
+                                   const float*, const float*, const Dims&, bool, const i64*,
+                                   Precision);
 template void lstm_backward<double>(const LstmGrads<double>&, double*,
                                     const LstmConstCache<double>&, const double*, const double*,
                                     const double*, const double*, const double*, const double*,
-                                    const Dims&, bool, const i64*);
+                                    const Dims&, bool, const i64*, Precision);
 
 }  // namespace lstmcore

@@ -110,6 +110,11 @@ class LSTM:
 
     ``device="cuda"`` runs one unidirectional layer without ``lengths`` on the GPU; anything
     else raises ValueError naming the feature (there is no silent fallback to the CPU).
+
+    ``precision``: None (the parameters' dtype, bit for bit as without it), ``"fp32"`` (the
+    same) or ``"bf16"`` (float32 layers on the CPU: the GEMM operands rounded to bfloat16,
+    see :mod:`lstmcore.ops`); parameters, gradients and states stay float32 either way, so the
+    attribute can be changed between calls (a bf16-trained layer evaluates in float32).
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class LSTM:
         forget_bias: float = 0.0,
         chrono: int = 0,
         device: str = "cpu",
+        precision: str | None = None,
     ) -> None:
         self.input_size = _positive_int("input_size", input_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
@@ -144,6 +150,7 @@ class LSTM:
             raise ValueError(
                 f"device='cuda' runs one unidirectional layer: {feature} is not supported there"
             )
+        self.precision = precision  # checked by the setter
         rng = rng if rng is not None else np.random.default_rng()
         is_int = isinstance(chrono, int | np.integer) and not isinstance(chrono, bool)
         if not is_int or chrono < 0 or chrono == 1 or chrono > MAX_CHRONO:
@@ -166,6 +173,16 @@ class LSTM:
         self._training_lock = threading.Lock()
         self._masks: list[Array | None] = []  # the dropout masks of the last training forward
         self._shape: tuple[int, int] | None = None  # (T, B) of the last training forward
+
+    @property
+    def precision(self) -> str | None:
+        """None, "fp32" or "bf16": the arithmetic of the next calls (see the class docstring)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str | None) -> None:
+        ops.check_precision(value, self.dtype, self.device)
+        self._precision = value
 
     # ---- parameters ----------------------------------------------------------------------
 
@@ -354,6 +371,7 @@ class LSTM:
                     reverse=d == 1,
                     lengths=lengths,
                     for_backward=for_backward,
+                    precision=self.precision,
                 )
                 outs.append(y_d)
                 h_n.append(h_d)
@@ -556,6 +574,7 @@ class SequenceClassifier:
         dtype: Any = np.float32,
         seed: int = 0,
         device: str = "cpu",
+        precision: str | None = None,
     ) -> None:
         rng = np.random.default_rng(seed)
         self.config: dict[str, Any] = {
@@ -577,11 +596,21 @@ class SequenceClassifier:
             forget_bias=forget_bias,
             chrono=chrono,
             device=device,
+            precision=precision,
         )
         self.dtype = self.lstm.dtype
         features = self.lstm.directions * hidden_size
         self.head = Linear(features, num_classes, dtype=self.dtype, rng=rng)
         self._training_lock = threading.Lock()  # one loss_and_grads at a time
+
+    @property
+    def precision(self) -> str | None:
+        """The LSTM's precision (None, "fp32" or "bf16"); the head's small GEMM is float32."""
+        return self.lstm.precision
+
+    @precision.setter
+    def precision(self, value: str | None) -> None:
+        self.lstm.precision = value
 
     @property
     def params(self) -> dict[str, Array]:

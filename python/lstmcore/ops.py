@@ -16,6 +16,13 @@ NaN and Inf follow IEEE arithmetic: a NaN anywhere in x or the weights makes the
 reaches NaN; nothing raises. Saturation: sigmoid(+inf) = 1 and tanh(+-inf) = +-1 exactly;
 sigmoid(-inf) is 0 in float64 and below 1e-38 in float32 (the float exp clamps its input).
 
+Precision: ``precision=None`` (or ``"fp32"``) computes in the arrays' own dtype. ``"bf16"``
+(float32 arrays, CPU) is mixed precision: the GEMM operands (x, h, the weights, and in backward
+the gate gradients) are rounded to bfloat16, products accumulate in float32, and everything
+else (bias, cell math, c, the outputs, every gradient returned) stays float32; the context
+carries the precision to ``lstm_backward``. ``lstmcore.reference`` states the rule exactly.
+This build runs it on the float32 kernels with rounded operands (``lstmcore.isa("bf16")``).
+
 ``x`` and the weights are referenced by the context, not copied: changing them in place between
 forward and backward changes the gradients (as in any autograd).
 
@@ -46,6 +53,23 @@ __all__ = ["LstmContext", "lstm_backward", "lstm_forward", "matmul"]
 
 _FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _DEVICES = ("cpu", "cuda")
+PRECISIONS = (None, "fp32", "bf16")
+
+
+def check_precision(precision: Any, dtype: np.dtype | None = None, device: str = "cpu") -> str:
+    """The core's name for ``precision`` ("native" or "bf16"); ValueError naming
+    ``precision`` for an unknown value, float64 arrays with bf16, or bf16 on the GPU."""
+    if precision is not None and not isinstance(precision, str):
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if precision != "bf16":
+        return "native"
+    if dtype is not None and dtype != np.float32:
+        raise ValueError(f"precision: bf16 runs on float32 arrays, got {dtype}")
+    if device != "cpu":
+        raise ValueError(f"precision: bf16 runs on the CPU only, got device={device!r}")
+    return "bf16"
 
 
 @dataclass(frozen=True)
@@ -57,6 +81,7 @@ class LstmContext:
     dtype: np.dtype
     shape: tuple[int, int, int, int]  # (T, B, I, H)
     order: NDArray[np.intp] | None = None  # rows sorted by length (None: as given)
+    precision: str | None = None  # as given to lstm_forward (backward follows it)
     # the native buffers' forward pass this context describes; a later reuse= of the same
     # buffers moves the native count on and makes this context stale (None: never reused)
     generation: int | None = None
@@ -196,6 +221,7 @@ def lstm_forward(
     reverse: bool = False,
     lengths: NDArray[Any] | None = None,
     for_backward: bool = True,
+    precision: str | None = None,
 ) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any], LstmContext]:
     """Runs the LSTM over all steps; returns ``(y, h_n, c_n, ctx)``. h0/c0 of None mean zeros.
 
@@ -205,7 +231,8 @@ def lstm_forward(
     ``reverse``: run the steps from T-1 down to 0. ``lengths``: (B,) sequence lengths in
     [1, T] (see the module's docstring). ``for_backward=False`` (inference) keeps nothing for
     backward: the CPU core then writes only the states, never the (T, B, 4H) gates, and
-    ``lstm_backward`` on its context raises ValueError. A context serves one thread at a time.
+    ``lstm_backward`` on its context raises ValueError. ``precision``: None / "fp32" (the
+    arrays' dtype) or "bf16" (see the module's docstring). A context serves one call at a time.
     """
     _check_device(device)
     args = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh, "bias": bias}
@@ -213,6 +240,7 @@ def lstm_forward(
         if args[name] is None:
             raise ValueError(f"{name}: expected a numpy array, got None")
     dtype = _common_dtype(args)
+    native_precision = check_precision(precision, dtype, device)
     _check_sizes(args)
     if device != "cpu" and (reverse or lengths is not None):
         feature = "reverse=True" if reverse else "lengths"
@@ -231,6 +259,7 @@ def lstm_forward(
             "reverse": reverse,
             "batch_sizes": None if sched is None else sched.batch_sizes,
             "need_cache": for_backward,
+            "precision": native_precision,
         }
     y, h_n, c_n, native = backend.forward(**arrays, reuse=old, need_y=need_y, **extra)
     back = _inverse(order)
@@ -241,6 +270,7 @@ def lstm_forward(
         dtype=dtype,
         shape=tuple(native.shape),
         order=order,
+        precision=precision,
         generation=getattr(native, "generation", None),
     )
     return y, h_n, c_n, ctx

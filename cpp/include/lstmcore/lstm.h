@@ -34,6 +34,18 @@ struct Dims {
   std::int64_t T = 0, B = 0, I = 0, H = 0;
 };
 
+// The arithmetic of the GEMMs inside forward and backward.
+//   kNative: the arrays' own dtype throughout (float32 or float64).
+//   kBf16 (float32 arrays only): mixed precision. The GEMM operands are rounded to bfloat16
+//     (round to nearest even): forward x_t, h_{t-1}, W_ih, W_hh; backward the gate gradients
+//     where they enter a GEMM (dh = dgates W_hh, dx = dgates W_ih, dW = dgates^T [x | h_prev])
+//     with x, h_prev and the weights rounded as in forward. Products accumulate in float32;
+//     the bias, the cell math, c, dh, dc, y, h_n, c_n and the bias gradient (a sum of the
+//     unrounded gate gradients) stay float32. lstmcore.reference states the same rule.
+//     Emulated on the float32 kernels: rounded operands, float32 FMA (bf16 products are
+//     exact in float32, so only the accumulation order differs from a bf16 dot product).
+enum class Precision { kNative, kBf16 };
+
 // Throws std::invalid_argument unless every size is >= 0 and every buffer's element count fits
 // in the 32-bit integers BLAS takes (checked before anything is allocated).
 void check_dims(const Dims& d);
@@ -77,7 +89,8 @@ void lstm_forward(const LstmCache<S>& cache,
                   const S* w_hh,  // (4H, H)
                   const S* bias,  // (4H,)
                   const Dims& d, bool reverse = false,
-                  const std::int64_t* batch_sizes = nullptr);  // (T,) or null
+                  const std::int64_t* batch_sizes = nullptr,  // (T,) or null
+                  Precision precision = Precision::kNative);  // kBf16: float only
 
 // y (T, B, H) from the states of a forward pass: zero where a row is inactive.
 template <typename S>
@@ -95,7 +108,8 @@ struct LstmGrads {
 };
 
 // Backpropagation through time. `dgates` is scratch of (T, B, 4H) elements; dy, dh_n and dc_n
-// may be null (zeros). Weight gradients are overwritten, not accumulated.
+// may be null (zeros). Weight gradients are overwritten, not accumulated. `precision` must be
+// the forward pass's.
 template <typename S>
 void lstm_backward(const LstmGrads<S>& grads,
                    S* dgates,  // (T, B, 4H) workspace
@@ -107,7 +121,8 @@ void lstm_backward(const LstmGrads<S>& grads,
                    const S* dh_n,  // (B, H) or null
                    const S* dc_n,  // (B, H) or null
                    const Dims& d, bool reverse = false,
-                   const std::int64_t* batch_sizes = nullptr);  // as in the forward pass
+                   const std::int64_t* batch_sizes = nullptr,  // as in the forward pass
+                   Precision precision = Precision::kNative);
 
 // C (M, N) = op(A) op(B), row-major, in the calling thread (A is (M, K) or, transposed, (K, M)
 // with leading dimension lda; likewise B). For the small GEMMs around the LSTM.
