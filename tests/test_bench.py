@@ -80,6 +80,36 @@ def test_isolated_mode_reports_rounds(tmp_path: Path) -> None:
         assert len(lines) == 3 and all(ln.count("|") == lines[0].count("|") for ln in lines)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "both"])
+def test_precision_selects_the_contenders_and_their_baselines(
+    tmp_path: Path, precision: str
+) -> None:
+    out = tmp_path / "bench.json"
+    cases = ("--cases", "tiny", "tiny-infer", "tiny-varlen")
+    done = run_bench(
+        "--quick", "--mode", "interleaved", "--threads", "1", "--precision", precision, *cases,
+        "--contenders", "lstmcore", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    names = {(r["shape"], r["contender"]) for r in rows}
+    bf16 = {("tiny", "lstmcore-bf16"), ("tiny-infer", "lstmcore-bf16")}
+    fp32 = {("tiny", "lstmcore"), ("tiny-infer", "lstmcore")}
+    varlen = {("tiny-varlen", "lstmcore-lengths"), ("tiny-varlen", "lstmcore-padded")}
+    assert names == (bf16 if precision == "bf16" else bf16 | fp32 | varlen)
+    for r in rows:  # each row against lstmcore of its own precision: itself here
+        assert r["precision"] == ("bf16" if r["contender"].endswith("-bf16") else "fp32")
+        if r["contender"] in ("lstmcore", "lstmcore-bf16", "lstmcore-lengths"):
+            assert r["time_vs_lstmcore"] == 1.0
+
+
+def test_bf16_baselines() -> None:
+    present = ["lstmcore", "torch", "lstmcore-bf16", "torch-bf16"]
+    assert bench.baseline("torch-bf16", present) == "lstmcore-bf16"
+    assert bench.baseline("torch", present) == "lstmcore"
+    assert bench.baseline("torch-bf16", ["lstmcore", "torch-bf16"]) is None
+
+
 def test_onnxruntime_matches_lstmcore() -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")

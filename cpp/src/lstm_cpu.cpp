@@ -86,6 +86,13 @@ void parallel_blocks(i64 n, i64 min_block, const Fn& fn) {
 
 constexpr i64 kMinRows = 8;  // below this a thread costs more than it saves (BLAS work)
 
+// bf16 rounding passes: steps per thread so that each rounds at least ~64K elements (a pool
+// dispatch costs microseconds; rounding 64K floats takes tens of them)
+i64 min_steps_to_round(i64 elements_per_step) {
+  constexpr i64 kMinElements = 1 << 16;
+  return std::max<i64>(1, kMinElements / std::max<i64>(1, elements_per_step));
+}
+
 template <typename S>
 const kern::Ops<S>& ops_of(const kern::Table& t);
 template <>
@@ -354,7 +361,7 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
   if (bf16) {
     round_n(packed, packed, K.fwd_packed_size(d.I, H));
     S* x_rounded = scratch<S>(kRoundedX, d.T * B * d.I);
-    parallel_blocks(d.T, 1, [&](i64 t0, i64 t1) {
+    parallel_blocks(d.T, min_steps_to_round(B * d.I), [&](i64 t0, i64 t1) {
       round_n(x_rounded + t0 * B * d.I, x + t0 * B * d.I, (t1 - t0) * B * d.I);
     });
     xs = x_rounded;
@@ -511,7 +518,7 @@ RoundedOperands<S> round_backward_operands(S* dgates, const S* x, const S* h_pre
   const i64 G = 4 * d.H, B = d.B;
   S* xr = scratch<S>(kRoundedX, d.T * B * d.I);
   S* hr = scratch<S>(kRoundedH, d.T * B * d.H);
-  parallel_blocks(d.T, 1, [&](i64 t0, i64 t1) {
+  parallel_blocks(d.T, min_steps_to_round(B * (G + d.I + d.H)), [&](i64 t0, i64 t1) {
     for (i64 t = t0; t < t1; ++t) {
       round_n(dgates + t * B * G, dgates + t * B * G, active_rows(batch_sizes, d, t) * G);
     }

@@ -25,6 +25,13 @@ never a dependency of lstmcore):
                over 1e-4 refuses it with a note (pip install onnx onnxruntime)
   keras        Keras 3 on JAX, only at all cores (XLA sizes its pool once per process)
 
+Precision (--precision fp32, bf16 or both): bf16 adds lstmcore-bf16 (nn.SequenceClassifier
+with precision="bf16": bf16-rounded GEMM operands, float32 parameters, states and Adam) and
+torch-bf16 (the same torch model under torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's
+one-line mixed precision, its fastest honest bf16 mode on the CPU), for training and inference.
+A bf16 row's "x lstmcore" is against lstmcore-bf16. lstmcore's bf16 path here is emulated on
+its float32 kernels (no AMX or AVX512-BF16 kernels in this build): its floor is the sgemm rate.
+
 Modes (--mode):
   isolated     (the default) each contender library runs alone in its own process (this
                module started as a worker, its results as JSON on stdout), the libraries
@@ -166,6 +173,29 @@ def lstmcore_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
     return train
 
 
+def lstmcore_bf16_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    model = SequenceClassifier(case.I, case.H, CLASSES, seed=0, precision="bf16")
+    opt = optim.Adam(model.params, 1e-3)
+    x = rng.random((case.B, case.T, case.I), dtype=np.float32)
+    y = rng.integers(0, CLASSES, case.B)
+
+    def train() -> None:
+        model.loss_and_grads(x, y)
+        opt.step(model.grads)
+
+    return train
+
+
+def lstmcore_bf16_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    model = SequenceClassifier(case.I, case.H, CLASSES, seed=0, precision="bf16")
+    x = rng.random((case.B, case.T, case.I), dtype=np.float32)
+
+    def infer() -> None:
+        model.logits(x)
+
+    return infer
+
+
 def lstmcore_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
     model = SequenceClassifier(case.I, case.H, CLASSES, seed=0)
     x = rng.random((case.B, case.T, case.I), dtype=np.float32)
@@ -289,6 +319,41 @@ def torch_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
 
     def infer() -> None:
         with torch.inference_mode():
+            _, (h_n, _) = lstm(x)
+            head(h_n[0])
+
+    return infer
+
+
+def torch_bf16_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    """PyTorch's one-line mixed precision: the forward under bf16 autocast, float32 master
+    weights and Adam."""
+    import torch
+
+    lstm, head, opt = _torch_model(case, threads, batch_first=True)
+    x = torch.from_numpy(rng.random((case.B, case.T, case.I), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, CLASSES, case.B))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, (h_n, _) = lstm(x)
+            loss = loss_fn(head(h_n[0]).float(), y)
+        loss.backward()
+        opt.step()
+
+    return train
+
+
+def torch_bf16_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    import torch
+
+    lstm, head, _ = _torch_model(case, threads, batch_first=True)
+    x = torch.from_numpy(rng.random((case.B, case.T, case.I), dtype=np.float32))
+
+    def infer() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             _, (h_n, _) = lstm(x)
             head(h_n[0])
 
@@ -472,16 +537,16 @@ def keras_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
 Builder = Callable[[Case, np.random.Generator, int], Step]
 # (family, kind) -> {contender name: builder}; a missing pair: the family does not run that kind
 BUILDERS: dict[tuple[str, str], dict[str, Builder]] = {
-    ("lstmcore", "train"): {"lstmcore": lstmcore_train},
-    ("lstmcore", "infer"): {"lstmcore": lstmcore_infer},
+    ("lstmcore", "train"): {"lstmcore": lstmcore_train, "lstmcore-bf16": lstmcore_bf16_train},
+    ("lstmcore", "infer"): {"lstmcore": lstmcore_infer, "lstmcore-bf16": lstmcore_bf16_infer},
     ("lstmcore", "varlen"): {
         "lstmcore-lengths": lstmcore_varlen_lengths,
         "lstmcore-padded": lstmcore_varlen_padded,
     },
     ("reference", "train"): {"reference": reference_train},
     ("reference", "infer"): {"reference": reference_infer},
-    ("torch", "train"): {"torch": torch_train},
-    ("torch", "infer"): {"torch": torch_infer},
+    ("torch", "train"): {"torch": torch_train, "torch-bf16": torch_bf16_train},
+    ("torch", "infer"): {"torch": torch_infer, "torch-bf16": torch_bf16_infer},
     ("torch", "varlen"): {"torch-packed": torch_varlen_packed, "torch-padded": torch_varlen_padded},
     ("onnxruntime", "infer"): {"onnxruntime": onnx_infer},
     ("keras", "train"): {"keras": keras_train},
@@ -490,6 +555,19 @@ BUILDERS: dict[tuple[str, str], dict[str, Builder]] = {
 # the order of the table's columns and rows, whatever order the workers finished in
 CONTENDERS = list(dict.fromkeys(name for builders in BUILDERS.values() for name in builders))
 BASELINES = ("lstmcore", "lstmcore-lengths", "lstmcore-padded")  # "x lstmcore": the first found
+BF16 = "-bf16"  # the suffix of every bf16 contender; its baseline is lstmcore-bf16
+PRECISIONS = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16")}
+
+
+def precision_of(contender: str) -> str:
+    return "bf16" if contender.endswith(BF16) else "fp32"
+
+
+def baseline(contender: str, present: Sequence[str]) -> str | None:
+    """The lstmcore contender a row's "x lstmcore" compares with: the same precision's."""
+    if precision_of(contender) == "bf16":
+        return "lstmcore" + BF16 if "lstmcore" + BF16 in present else None
+    return next((b for b in BASELINES if b in present), None)
 
 
 def unavailable(family: str, threads: int) -> str | None:
@@ -554,6 +632,7 @@ class Plan:
     repeats: int | None  # None: each case's own step count
     warmup: int
     block: int
+    precisions: tuple[str, ...] = ("fp32",)
 
 
 Times = dict[str, dict[str, list[float]]]  # case -> contender -> seconds per timed step
@@ -565,7 +644,7 @@ def run_plan(plan: Plan, notes: list[str]) -> Times:
     out: Times = {}
     for name in plan.cases:
         case = ALL_CASES[name]
-        steps = build_steps(plan.families, case, plan.threads, notes)
+        steps = build_steps(plan.families, case, plan.threads, notes, plan.precisions)
         if steps:
             out[name] = measure(steps, plan.repeats or case.steps, plan.warmup, plan.block)
         print(f"  measured {name} with {plan.threads} thread(s)", file=sys.stderr)
@@ -573,7 +652,11 @@ def run_plan(plan: Plan, notes: list[str]) -> Times:
 
 
 def build_steps(
-    families: Sequence[str], case: Case, threads: int, notes: list[str]
+    families: Sequence[str],
+    case: Case,
+    threads: int,
+    notes: list[str],
+    precisions: Sequence[str] = ("fp32",),
 ) -> dict[str, Step]:
     steps: dict[str, Step] = {}
     for family in families:
@@ -582,6 +665,8 @@ def build_steps(
             add_note(notes, why)
             continue
         for contender, make in BUILDERS.get((family, case.kind), {}).items():
+            if precision_of(contender) not in precisions:
+                continue
             try:
                 steps[contender] = make(case, np.random.default_rng(0), threads)
             except RefusedError as refused:
@@ -751,9 +836,10 @@ def summarise(
     work = flops(case)
     medians = {name: [float(np.median(r)) for r in rounds] for name, rounds in times.items()}
     mid = {name: float(np.median(m)) for name, m in medians.items()}
-    base = next((mid[b] for b in BASELINES if b in mid), None)
     rows = []
     for name in sorted(times, key=CONTENDERS.index):
+        base_name = baseline(name, list(mid))
+        base = mid[base_name] if base_name is not None else None
         rounds = times[name]
         steps = np.concatenate(rounds)
         q1, q3 = (float(v) for v in np.percentile(steps, [25, 75]))
@@ -768,6 +854,7 @@ def summarise(
                 "H": case.H,
                 "threads": threads,
                 "contender": name,
+                "precision": precision_of(name),
                 "steps": int(steps.size),
                 "rounds": len(rounds),
                 "median_ms": 1e3 * med,
@@ -831,7 +918,8 @@ def markdown_kind(rows: list[dict[str, Any]], mode: str) -> str:
         first = next(iter(by.values()))
         dims = f"{first['T']}, {first['B']}, {first['I']}, {first['H']}"
         cells = [markdown_cell(by[n], mode) if n in by else "" for n in names]
-        base = next((by[b] for b in BASELINES if b in by), None)
+        base_name = next((n for n in names if n in by and baseline(n, list(by)) == n), None)
+        base = by[base_name] if base_name is not None else None
         floor = f"{100 * base['fraction_of_floor']:.0f}%" if base else ""
         lines.append(f"| {case} | {dims} | {threads} | " + " | ".join(cells) + f" | {floor} |")
     return "\n".join(lines) + "\n"
@@ -928,6 +1016,12 @@ def make_parser() -> argparse.ArgumentParser:
         "untimed step (default 3)",
     )
     parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="fp32",
+        help="fp32 (default); bf16: lstmcore-bf16 and torch-bf16 (bf16 autocast) only; both",
+    )
+    parser.add_argument(
         "--no-reference",
         action="store_true",
         help="skip the NumPy reference (slow at large shapes)",
@@ -978,6 +1072,7 @@ def worker_main(parser: argparse.ArgumentParser, spec: str) -> int:
             plan.repeats,
             plan.warmup,
             plan.block,
+            tuple(plan.precisions),
         )
     except (ValueError, TypeError) as bad:
         parser.error(f"--worker: not a plan ({bad})")
@@ -1018,7 +1113,15 @@ def main(argv: list[str] | None = None) -> int:
     ceilings = sgemm_rates(threads_list, 512 if args.quick else 2048)
     rounds = (args.rounds or 3) if args.mode == "isolated" else 1
     names = tuple(c.name for c in cases)
-    base = Plan(tuple(families), names, 1, args.repeats, args.warmup, args.block)
+    base = Plan(
+        tuple(families),
+        names,
+        1,
+        args.repeats,
+        args.warmup,
+        args.block,
+        PRECISIONS[args.precision],
+    )
     notes: list[str] = []
     if args.mode == "isolated":
         results = run_isolated(base, threads_list, rounds, notes)
