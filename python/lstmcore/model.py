@@ -17,7 +17,6 @@ model trained on ``--task pixels`` or ``--task permuted`` is called with plain i
 
 from __future__ import annotations
 
-import operator
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,8 @@ __all__ = [
 
 TASKS = ("rows", "pixels", "permuted")
 
-_PERM_KEY = "task.permutation"
+_PERM_KEY = checkpoint.PERMUTATION
+_MAX_SIDE = 2**16  # pixels of an image side
 
 
 def make_permutation(size: int, seed: int) -> NDArray[np.int64]:
@@ -106,8 +106,7 @@ class Task:
 class Classifier:
     """A trained sequence classifier and the task it was trained on.
 
-    ``image_shape`` is (rows, cols) of the images it takes; for the rows task only ``cols`` is
-    fixed (``rows`` is the number of steps, 28 for MNIST).
+    ``image_shape`` is (rows, cols) of the images it was trained on, the only shape it takes.
     """
 
     def __init__(
@@ -134,13 +133,13 @@ class Classifier:
         )
 
     def check_images(self, images: Any) -> NDArray[np.float32]:
-        """Images as float32 in [0, 1], shape (B, rows, cols); ValueError saying what is wrong."""
+        """Images as float32 in [0, 1], shape (B, rows, cols) exactly as trained on (the LSTM
+        would read other rows counts too, and answer nonsense); ValueError saying what is
+        wrong."""
         arr = np.asarray(images)
         rows, cols = self.image_shape
-        fixed_rows = self.task.name != "rows"
-        if arr.ndim != 3 or arr.shape[2] != cols or (fixed_rows and arr.shape[1] != rows):
-            want = f"(B, {rows}, {cols})" if fixed_rows else f"(B, rows, {cols})"
-            raise ValueError(f"images: expected shape {want}, got {arr.shape}")
+        if arr.ndim != 3 or arr.shape[1:] != (rows, cols):
+            raise ValueError(f"images: expected shape (B, {rows}, {cols}), got {arr.shape}")
         if arr.dtype == np.uint8:
             scaled: NDArray[np.float32] = arr.astype(np.float32) / np.float32(255.0)
             return scaled
@@ -207,8 +206,10 @@ def task_from(
         name = str(record["name"])
         rows, width = (int(v) for v in record["image_shape"])
         perm = other.get(_PERM_KEY)
+        if perm is not None and perm.dtype.kind not in "iu":  # a cast would truncate floats
+            raise ValueError(f"a permutation stored as {perm.dtype}, not integers")
         task = Task(name, None if perm is None else np.asarray(perm, dtype=np.int64))
-        if rows < 1 or width < 1:
+        if not (1 <= rows <= _MAX_SIDE and 1 <= width <= _MAX_SIDE):
             raise ValueError(f"image shape {(rows, width)}")
         if task.input_size((rows, width)) != cols:
             raise ValueError(f"{name} of {(rows, width)} images does not feed {cols} inputs")
@@ -219,59 +220,11 @@ def task_from(
     return task, (rows, width)
 
 
-_SHAPE_KEYS = ("input_size", "hidden_size", "num_classes")
-_LAYER_KEYS = {"num_layers", "bidirectional", "dropout"}  # absent in lstmcore 0.1's files
-
-
-def network_description(path: str, params: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """SequenceClassifier's arguments from the checkpoint's metadata, checked against its
-    arrays (under today's names: ``params`` already upgraded from 0.1) before anything is
-    built: the model then allocates no more than the checkpoint already holds, whatever the
-    metadata claims."""
-    shape = meta.get("model")
-    if not isinstance(shape, dict) or not set(_SHAPE_KEYS) <= set(shape) <= {
-        *_SHAPE_KEYS,
-        *_LAYER_KEYS,
-    }:
-        raise checkpoint.CheckpointError(f"{path}: no model description in its metadata")
-    try:
-        described = tuple(operator.index(shape[k]) for k in _SHAPE_KEYS)
-        layers = operator.index(shape.get("num_layers", 1))
-        bidirectional = shape.get("bidirectional", False)
-        dropout = float(shape.get("dropout", 0.0))
-        if not isinstance(bidirectional, bool):
-            raise TypeError(f"bidirectional must be true or false, got {bidirectional!r}")
-        if not 0.0 <= dropout <= 1.0:  # NaN fails too
-            raise ValueError(f"dropout must be in [0, 1], got {dropout!r}")
-    except (TypeError, ValueError) as err:
-        raise checkpoint.CheckpointError(f"{path}: bad model description: {err}") from err
-    w_ih, head = params.get("lstm.weight_ih_l0"), params.get("head.weight")
-    if w_ih is None or head is None or w_ih.ndim != 2 or head.ndim != 2:
-        raise checkpoint.CheckpointError(f"{path}: no lstm.weight_ih_l0 and head.weight matrices")
-    held = (w_ih.shape[1], w_ih.shape[0] // 4, head.shape[0])
-    directions = 2 if bidirectional else 1
-    stored_layers = sum(name.startswith("lstm.weight_ih_l") for name in params) // directions
-    if described != held or min(held) < 1 or layers != stored_layers or layers < 1:
-        raise checkpoint.CheckpointError(
-            f"{path}: model description {shape} does not match its arrays "
-            f"(lstm.weight_ih_l0 {w_ih.shape}, head.weight {head.shape}, "
-            f"{stored_layers} layer(s) of {directions} direction(s))"
-        )
-    return {
-        "input_size": held[0],
-        "hidden_size": held[1],
-        "num_classes": held[2],
-        "num_layers": layers,
-        "bidirectional": bidirectional,
-        "dropout": dropout,
-    }
-
-
 def network_from(path: str, stored: dict[str, Array], meta: dict[str, Any]) -> SequenceClassifier:
-    """The network a checkpoint's parameters and metadata describe (validated before use)."""
-    # lstmcore 0.1 wrote one bias under other names: the same model under today's names
-    params = upgrade_v01_params(stored)
-    described = network_description(path, params, meta)
+    """The network a checkpoint's metadata describes, its parameters assigned (validated
+    first). ``checkpoint.load`` has already checked every array against that description, so
+    building the model allocates no more than the file really held."""
+    described = checkpoint.model_description(path, meta)
     model = SequenceClassifier(
         described["input_size"],
         described["hidden_size"],
@@ -280,7 +233,8 @@ def network_from(path: str, stored: dict[str, Array], meta: dict[str, Any]) -> S
         bidirectional=described["bidirectional"],
         dropout=described["dropout"],
     )
-    checkpoint.assign_params(path, params, model.params)
+    # lstmcore 0.1 wrote one bias under other names: the same model under today's names
+    checkpoint.assign_params(path, upgrade_v01_params(stored), model.params)
     return model
 
 
