@@ -19,6 +19,7 @@
 
 #include "boundary.h"
 #include "lstmcore/batch.h"
+#include "lstmcore/classifier.h"
 #include "lstmcore/lstm.h"
 #include "lstmcore/optim.h"
 
@@ -425,6 +426,126 @@ py::array shifted_batch(const py::object& images_obj, const py::object& idx,
   return shifted_batch_impl<double>(images, idx, dy, dx);
 }
 
+// ---- StackInference: a stack and its head in one call, weights packed between calls -------
+
+// The cells' weights (a sequence of L*D (w_ih, w_hh, b_ih, b_hh) tuples), each checked; the
+// arrays stay referenced in `keep` while the compute reads them.
+template <typename S>
+std::vector<lstmcore::CellWeights<S>> stack_cells(const lstmcore::StackShape& sh,
+                                                  const py::sequence& cells,
+                                                  std::vector<py::array>* keep) {
+  const std::int64_t n = sh.layers * sh.directions, G = 4 * sh.H;
+  if (static_cast<std::int64_t>(py::len(cells)) != n) {
+    throw std::invalid_argument("cells: expected " + std::to_string(n) +
+                                " (w_ih, w_hh, b_ih, b_hh) tuples, got " +
+                                std::to_string(py::len(cells)));
+  }
+  const py::dtype dt = py::dtype::of<S>();
+  std::vector<lstmcore::CellWeights<S>> out;
+  for (std::int64_t k = 0; k < n; ++k) {
+    const auto cell = cells[static_cast<std::size_t>(k)].cast<py::sequence>();
+    if (py::len(cell) != 4) throw std::invalid_argument("cells: expected 4 arrays per cell");
+    const std::int64_t inputs = k < sh.directions ? sh.I : sh.directions * sh.H;
+    const std::string at = "cells[" + std::to_string(k) + "].";
+    const Shape shapes[4] = {{G, inputs}, {G, sh.H}, {G}, {G}};
+    const char* names[4] = {"w_ih", "w_hh", "b_ih", "b_hh"};
+    const S* p[4] = {};
+    for (int j = 0; j < 4; ++j) {
+      const std::string name = at + names[j];
+      keep->push_back(require(cell[static_cast<std::size_t>(j)], name.c_str(), shapes[j], dt));
+      p[j] = static_cast<const S*>(keep->back().data());
+    }
+    out.push_back({p[0], p[1], p[2], p[3]});
+  }
+  return out;
+}
+
+template <typename S>
+py::array stack_logits(lstmcore::StackInference<S>& net, const py::object& x_obj,
+                       const py::sequence& cells_obj, const py::object& head_w_obj,
+                       const py::object& head_b_obj) {
+  const auto& sh = net.shape();
+  const py::dtype dt = py::dtype::of<S>();
+  if (!py::isinstance<py::array>(x_obj) || py::reinterpret_borrow<py::array>(x_obj).ndim() != 3) {
+    fail("x", "a 3-d array (T, B, I)", x_obj);
+  }
+  auto x0 = py::reinterpret_borrow<py::array>(x_obj);
+  const std::int64_t T = dim(x0, 0), B = dim(x0, 1), DH = sh.directions * sh.H;
+  py::array x = require(x_obj, "x", {T, B, sh.I}, dt);
+  if (!py::isinstance<py::array>(head_w_obj) ||
+      py::reinterpret_borrow<py::array>(head_w_obj).ndim() != 2) {
+    fail("head_w", "a 2-d array (C, D*H)", head_w_obj);
+  }
+  const std::int64_t C = dim(py::reinterpret_borrow<py::array>(head_w_obj), 0);
+  py::array head_w = require(head_w_obj, "head_w", {C, DH}, dt);
+  py::array head_b = require(head_b_obj, "head_b", {C}, dt);
+  std::vector<py::array> keep;
+  const auto cells = stack_cells<S>(sh, cells_obj, &keep);
+  py::array out = empty({B, C}, dt);
+  S* o = mut<S>(out);
+  const S* xp = static_cast<const S*>(x.data());
+  const S* wp = static_cast<const S*>(head_w.data());
+  const S* bp = static_cast<const S*>(head_b.data());
+  {
+    py::gil_scoped_release nogil;
+    net.logits(o, xp, T, B, cells, wp, bp, C);
+  }
+  return out;
+}
+
+template <typename S>
+py::array stack_step(lstmcore::StackInference<S>& net, const py::object& x_obj,
+                     const py::object& h_obj, const py::object& c_obj,
+                     const py::sequence& cells_obj) {
+  const auto& sh = net.shape();
+  const py::dtype dt = py::dtype::of<S>();
+  if (!py::isinstance<py::array>(x_obj) || py::reinterpret_borrow<py::array>(x_obj).ndim() != 2) {
+    fail("x", "a 2-d array (B, I)", x_obj);
+  }
+  const std::int64_t B = dim(py::reinterpret_borrow<py::array>(x_obj), 0);
+  py::array x = require(x_obj, "x", {B, sh.I}, dt);
+  py::array h = writeable(h_obj, "h", {sh.layers, B, sh.H}, dt);
+  py::array c = writeable(c_obj, "c", {sh.layers, B, sh.H}, dt);
+  if (overlap(h, c) || overlap(h, x) || overlap(c, x)) {
+    throw std::invalid_argument("stream: x, h and c must not share memory");
+  }
+  std::vector<py::array> keep;
+  const auto cells = stack_cells<S>(sh, cells_obj, &keep);
+  py::array y = empty({B, sh.H}, dt);
+  S* yp = mut<S>(y);
+  S* hp = mut<S>(h);
+  S* cp = mut<S>(c);
+  const S* xp = static_cast<const S*>(x.data());
+  {
+    py::gil_scoped_release nogil;
+    net.step(yp, hp, cp, xp, B, cells);
+  }
+  return y;
+}
+
+template <typename S>
+void bind_stack(py::module_& m, const char* name) {
+  using Net = lstmcore::StackInference<S>;
+  py::class_<Net>(m, name,
+                  "A stack and its head for inference, packed weights kept between calls and\n"
+                  "packed again when the weights given to a call differ from those packed")
+      .def(py::init([](std::int64_t layers, std::int64_t directions, std::int64_t I,
+                       std::int64_t H, const std::string& precision) {
+             return std::make_unique<Net>(lstmcore::StackShape{layers, directions, I, H},
+                                          precision_arg(precision));
+           }),
+           py::arg("layers"), py::arg("directions"), py::arg("I"), py::arg("H"),
+           py::arg("precision") = "native")
+      .def("logits", &stack_logits<S>, py::arg("x"), py::arg("cells"), py::arg("head_w"),
+           py::arg("head_b"),
+           "logits(x (T, B, I), cells, head_w (C, D*H), head_b (C,)) -> (B, C)")
+      .def("step", &stack_step<S>, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("cells"),
+           "step(x (B, I), h, c (L, B, H) updated in place, cells) -> y (B, H)")
+      .def_property_readonly("packs", &Net::packs, "cells packed so far")
+      .def_property_readonly("precision",
+                             [](const Net& n) { return precision_name(n.precision()); });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -444,6 +565,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly(
           "precision", [](const ForwardContext& c) { return precision_name(c.precision); },
           "'native' or 'bf16': the rule of the forward pass (backward runs the same)");
+
+  bind_stack<float>(m, "StackInferenceF32");
+  bind_stack<double>(m, "StackInferenceF64");
 
   m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("bias"), py::arg("reuse") = py::none(),

@@ -329,6 +329,24 @@ void check_batch_sizes(const i64* batch_sizes, const Dims& d) {
   }
 }
 
+namespace {
+
+// [W_ih | W_hh] into the forward kernels' panels; bf16: rounded there (packing only moves
+// weights and pads with zeros, so rounding the panels rounds W_ih and W_hh)
+template <typename S>
+void pack_forward(S* packed, const kern::Ops<S>& K, const S* w_ih, const S* w_hh, i64 I, i64 H,
+                  bool bf16) {
+  K.pack_fwd(packed, w_ih, w_hh, I, H);
+  if (bf16) round_n(packed, packed, K.fwd_packed_size(I, H));
+}
+
+template <typename S>
+void forward_packed(const LstmCache<S>& cache, const S* x, const S* h0, const S* c0,
+                    const S* packed, const kern::Ops<S>& K, bool bf16, const S* bias,
+                    const Dims& d, bool reverse, const i64* batch_sizes);
+
+}  // namespace
+
 template <typename S>
 void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c0, const S* w_ih,
                   const S* w_hh, const S* bias, const Dims& d, bool reverse,
@@ -337,29 +355,81 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
   check_batch_sizes(batch_sizes, d);
   const bool bf16 = wants_bf16<S>(precision);
   const pool::DenormalsAreZero daz;  // the calling thread's share (BLAS, packing); see pool.h
-  const i64 B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
   const kern::Ops<S>& K = ops_of<S>(kern::active());
+  // [W_ih | W_hh] packed per call (tens of microseconds; it can never go stale): the kernel
+  // computes b + x_t W_ih^T + h_{t-1} W_hh^T in one register tile, so there is no separate
+  // input-projection GEMM and no (T, B, 4H) pre-activation buffer to write and read back
+  S* packed = nullptr;
+  if (d.T > 0 && d.B * d.H > 0) {
+    packed = scratch<S>(kFwdPacked, K.fwd_packed_size(d.I, d.H));
+    pack_forward(packed, K, w_ih, w_hh, d.I, d.H, bf16);
+  }
+  forward_packed(cache, x, h0, c0, packed, K, bf16, bias, d, reverse, batch_sizes);
+}
 
+template <typename S>
+PackedForward<S>::PackedForward(const S* w_ih, const S* w_hh, i64 I, i64 H, Precision precision)
+    : table_(&kern::active()), I_(I), H_(H), precision_(precision), data_(nullptr) {
+  check_dims(Dims{1, 1, I, H});
+  const bool bf16 = wants_bf16<S>(precision);
+  const kern::Ops<S>& K = ops_of<S>(kern::active());
+  const std::size_t n = static_cast<std::size_t>(std::max<i64>(K.fwd_packed_size(I, H), 1));
+  data_ = static_cast<S*>(::operator new[](sizeof(S) * n, std::align_val_t(64)));
+  const pool::DenormalsAreZero daz;
+  pack_forward(data_, K, w_ih, w_hh, I, H, bf16);
+}
+
+template <typename S>
+PackedForward<S>::~PackedForward() {
+  ::operator delete[](data_, std::align_val_t(64));
+}
+
+template <typename S>
+bool PackedForward<S>::current() const {
+  return table_ == &kern::active();
+}
+
+template <typename S>
+void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c0,
+                  const PackedForward<S>& w, const S* bias, const Dims& d, bool reverse,
+                  const i64* batch_sizes) {
+  check_dims(d);
+  check_batch_sizes(batch_sizes, d);
+  if (w.I() != d.I || w.H() != d.H) {
+    throw std::invalid_argument("packed weights: made for I=" + std::to_string(w.I()) +
+                                " H=" + std::to_string(w.H()) + ", called with I=" +
+                                std::to_string(d.I) + " H=" + std::to_string(d.H));
+  }
+  if (!w.current()) {
+    throw std::invalid_argument("packed weights: made for another ISA path; pack them again");
+  }
+  const bool bf16 = wants_bf16<S>(w.precision());
+  const pool::DenormalsAreZero daz;
+  const auto* table = static_cast<const kern::Table*>(w.table());
+  forward_packed(cache, x, h0, c0, w.data(), ops_of<S>(*table), bf16, bias, d, reverse,
+                 batch_sizes);
+}
+
+namespace {
+
+template <typename S>
+void forward_packed(const LstmCache<S>& cache, const S* x, const S* h0, const S* c0,
+                    const S* packed, const kern::Ops<S>& K, bool bf16, const S* bias,
+                    const Dims& d, bool reverse, const i64* batch_sizes) {
+  const i64 B = d.B, H = d.H, G = 4 * H, BH = d.B * d.H;
   const i64 first = initial_slot(d, reverse) * BH;
   copy_or_zero(cache.h_all + first, h0, BH);
   copy_or_zero(cache.c_all + first, c0, BH);
   if (d.T == 0 || BH == 0) return;
-
-  // [W_ih | W_hh] packed per call (tens of microseconds; it can never go stale): the kernel
-  // computes b + x_t W_ih^T + h_{t-1} W_hh^T in one register tile, so there is no separate
-  // input-projection GEMM and no (T, B, 4H) pre-activation buffer to write and read back
-  S* const packed = scratch<S>(kFwdPacked, K.fwd_packed_size(d.I, H));
-  K.pack_fwd(packed, w_ih, w_hh, d.I, H);
   const i64 nblk = (H + K.fwd_units - 1) / K.fwd_units;
 
-  // bf16: the kernels read rounded operands. Packing only moves weights and pads with zeros,
-  // so rounding the panels rounds W_ih and W_hh; x is rounded into a copy; each step rounds
-  // the h it writes into one of two (B, H) buffers (by slot parity) that the next step reads,
-  // while h_all keeps the float32 states (y, h_n and backward read those)
+  // bf16: the kernels read rounded operands (the weights were rounded when packed): x is
+  // rounded into a copy; each step rounds the h it writes into one of two (B, H) buffers (by
+  // slot parity) that the next step reads, while h_all keeps the float32 states (y, h_n and
+  // backward read those)
   const S* xs = x;
   S* h_rounded = nullptr;
   if (bf16) {
-    round_n(packed, packed, K.fwd_packed_size(d.I, H));
     S* x_rounded = scratch<S>(kRoundedX, d.T * B * d.I);
     parallel_blocks(d.T, min_steps_to_round(B * d.I), [&](i64 t0, i64 t1) {
       round_n(x_rounded + t0 * B * d.I, x + t0 * B * d.I, (t1 - t0) * B * d.I);
@@ -444,6 +514,8 @@ void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c
   }
   tuner().report(key, slot, seconds_since(start) / static_cast<double>(d.T));
 }
+
+}  // namespace
 
 template <typename S>
 void lstm_collect_y(S* y, const S* h_all, const Dims& d, bool reverse, const i64* batch_sizes) {
@@ -738,6 +810,14 @@ template void lstm_forward<float>(const LstmCache<float>&, const float*, const f
 template void lstm_forward<double>(const LstmCache<double>&, const double*, const double*,
                                    const double*, const double*, const double*, const double*,
                                    const Dims&, bool, const i64*, Precision);
+template class PackedForward<float>;
+template class PackedForward<double>;
+template void lstm_forward<float>(const LstmCache<float>&, const float*, const float*,
+                                  const float*, const PackedForward<float>&, const float*,
+                                  const Dims&, bool, const i64*);
+template void lstm_forward<double>(const LstmCache<double>&, const double*, const double*,
+                                   const double*, const PackedForward<double>&, const double*,
+                                   const Dims&, bool, const i64*);
 template void lstm_collect_y<float>(float*, const float*, const Dims&, bool, const i64*);
 template void lstm_collect_y<double>(double*, const double*, const Dims&, bool, const i64*);
 template void lstm_backward<float>(const LstmGrads<float>&, float*, const LstmConstCache<float>&,

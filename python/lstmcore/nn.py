@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from lstmcore import ops
 from lstmcore import reference as ref
+from lstmcore._native import core as _core
 
 Array = NDArray[Any]
 
@@ -75,6 +76,38 @@ class _BufferPool:
             with self._lock:
                 if len(self._free) < self._KEEP:
                     self._free.append(ctxs)
+
+
+class Stream:
+    """One step at a time through a unidirectional :class:`LSTM` (``LSTM.stream``): the state
+    is carried between calls, and the packed weights are kept (packed again only when the
+    parameters change). ``step(x_t)`` with x_t (B, I) returns y_t (B, H), the top layer's new
+    h; a sequence fed step by step gives the whole-sequence forward's y, h_n and c_n.
+    Not for several threads at once (the state is one)."""
+
+    def __init__(self, lstm: LSTM, batch: int, h0: Array | None, c0: Array | None) -> None:
+        self._lstm = lstm
+        self.batch = _positive_int("batch", batch)
+        shape = (lstm.num_layers, self.batch, lstm.hidden_size)
+        self._h0 = lstm._check_state("h0", h0, self.batch)
+        self._c0 = lstm._check_state("c0", c0, self.batch)
+        self.h: Array = np.zeros(shape, dtype=lstm.dtype)  # (L, B, H), updated by step
+        self.c: Array = np.zeros(shape, dtype=lstm.dtype)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the initial state (h0, c0 as given, or zeros)."""
+        self.h[...] = 0 if self._h0 is None else self._h0
+        self.c[...] = 0 if self._c0 is None else self._c0
+
+    def step(self, x_t: Array) -> Array:
+        want = (self.batch, self._lstm.input_size)
+        if not isinstance(x_t, np.ndarray) or x_t.shape != want or x_t.dtype != self._lstm.dtype:
+            got = f"{x_t.shape} {x_t.dtype}" if isinstance(x_t, np.ndarray) else type(x_t)
+            raise ValueError(f"x_t: expected {want} {self._lstm.dtype}, got {got}")
+        x = np.require(x_t, requirements=("C", "A"))
+        y: Array = self._lstm._stack().step(x, self.h, self.c, self._lstm._cells())
+        return y
 
 
 MAX_CHRONO = 2**53  # chrono's steps are drawn as float64: larger integers are not exact
@@ -171,6 +204,7 @@ class LSTM:
         # forward(for_backward=True) and backward hold this lock, so calls from several
         # threads never tear it (backward differentiates the last training forward)
         self._training_lock = threading.Lock()
+        self._stack_net: Any = None  # the core's StackInference, made on first use
         self._masks: list[Array | None] = []  # the dropout masks of the last training forward
         self._shape: tuple[int, int] | None = None  # (T, B) of the last training forward
 
@@ -285,6 +319,38 @@ class LSTM:
             got = f"{value.shape} {value.dtype}" if isinstance(value, np.ndarray) else type(value)
             raise ValueError(f"{name}: expected {want} {self.dtype}, got {got}")
         return value
+
+    def _cells(self) -> list[tuple[Array, Array, Array, Array]]:
+        """(w_ih, w_hh, b_ih, b_hh) of every cell, k = layer * D + direction (the arrays
+        themselves: the core compares them with what it packed on every call)."""
+        cells = []
+        for layer in range(self.num_layers):
+            for d in range(self.directions):
+                w_ih, w_hh, b_ih, b_hh = (self.params[n] for n in self._names(layer, d))
+                cells.append((w_ih, w_hh, b_ih, b_hh))
+        return cells
+
+    def _stack(self) -> Any:
+        """The core's StackInference for this layer's shape, dtype and precision."""
+        precision = ops.check_precision(self.precision, self.dtype, self.device)
+        net = self._stack_net
+        if net is None or net.precision != precision:
+            kind = _core.StackInferenceF32 if self.dtype == np.float32 else _core.StackInferenceF64
+            net = kind(
+                self.num_layers, self.directions, self.input_size, self.hidden_size, precision
+            )
+            self._stack_net = net
+        return net
+
+    def stream(self, batch: int, h0: Array | None = None, c0: Array | None = None) -> Stream:
+        """A :class:`Stream` over ``batch`` sequences fed one step at a time (real-time use:
+        keyword spotting, online speech); h0, c0 (num_layers, B, H) or None (zeros). CPU and
+        unidirectional only (a reverse direction needs the whole sequence)."""
+        if self.bidirectional:
+            raise ValueError("stream: a bidirectional LSTM needs the whole sequence")
+        if self.device != "cpu":
+            raise ValueError(f"stream: runs on the CPU only, got device={self.device!r}")
+        return Stream(self, batch, h0, c0)
 
     def _names(self, layer: int, direction: int) -> tuple[str, str, str, str]:
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
@@ -640,9 +706,16 @@ class SequenceClassifier:
 
     def logits(self, images: Array) -> Array:
         """Inference: no gradients, no dropout; the training buffers are left alone. Safe to
-        call from several threads at once."""
-        _, h_n, _ = self.lstm.forward(self._time_major(images), need_y=False, for_backward=False)
-        return self.head.apply(self._features(h_n))
+        call from several threads at once. On the CPU the whole stack and the head run in one
+        call into the core, on weights packed once and packed again when they change."""
+        x = self._time_major(images)
+        if self.lstm.device != "cpu":
+            _, h_n, _ = self.lstm.forward(x, need_y=False, for_backward=False)
+            return self.head.apply(self._features(h_n))
+        out: Array = self.lstm._stack().logits(
+            x, self.lstm._cells(), self.head.params["weight"], self.head.params["bias"]
+        )
+        return out
 
     def loss_and_grads(self, images: Array, labels: NDArray[np.integer[Any]]) -> tuple[float, int]:
         """Forward and backward on one batch; fills ``grads``; returns (mean loss, correct).

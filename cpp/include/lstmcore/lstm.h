@@ -92,6 +92,41 @@ void lstm_forward(const LstmCache<S>& cache,
                   const std::int64_t* batch_sizes = nullptr,  // (T,) or null
                   Precision precision = Precision::kNative);  // kBf16: float only
 
+// [W_ih | W_hh] packed for the forward kernels (of the ISA path active when packing, rounded
+// to bf16 under Precision::kBf16): the work lstm_forward does at the start of every call, kept
+// by a caller that runs many inference calls on unchanged weights. Immutable once made.
+template <typename S>
+class PackedForward {
+ public:
+  PackedForward(const S* w_ih,  // (4H, I)
+                const S* w_hh,  // (4H, H)
+                std::int64_t I, std::int64_t H, Precision precision);
+  ~PackedForward();
+  PackedForward(const PackedForward&) = delete;
+  PackedForward& operator=(const PackedForward&) = delete;
+
+  // false once lstmcore::set_isa switched to another path: pack again
+  bool current() const;
+  std::int64_t I() const { return I_; }
+  std::int64_t H() const { return H_; }
+  Precision precision() const { return precision_; }
+  const S* data() const { return data_; }
+  const void* table() const { return table_; }
+
+ private:
+  const void* table_;  // the kernel table whose layout data_ holds
+  std::int64_t I_, H_;
+  Precision precision_;
+  S* data_;  // 64-byte aligned
+};
+
+// lstm_forward with weights packed beforehand (w.I() == d.I, w.H() == d.H, w.current());
+// the precision is the packing's.
+template <typename S>
+void lstm_forward(const LstmCache<S>& cache, const S* x, const S* h0, const S* c0,
+                  const PackedForward<S>& w, const S* bias, const Dims& d, bool reverse = false,
+                  const std::int64_t* batch_sizes = nullptr);
+
 // y (T, B, H) from the states of a forward pass: zero where a row is inactive.
 template <typename S>
 void lstm_collect_y(S* y, const S* h_all, const Dims& d, bool reverse,
