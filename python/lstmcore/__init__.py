@@ -7,6 +7,7 @@ NumPy specification they are tested against.
 from __future__ import annotations
 
 import os
+import sys
 
 from lstmcore._native import core as _core
 
@@ -61,6 +62,20 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
-set_num_threads(_default_threads())
-isa()  # a bad LSTMCORE_ISA fails here, at import, with the reason
+def _set_up() -> None:
+    set_num_threads(_default_threads())
+    isa()  # a bad LSTMCORE_ISA fails here, at import, with the reason
+
+
+try:
+    _set_up()
+except ValueError as err:
+    # every command is ``python -m lstmcore[.X]``, which imports this package while it locates
+    # X, with sys.argv[0] == "-m" then (documented for -m; later it is the module's path):
+    # there a bad environment is one line and status 2, as a bad flag is, before any command's
+    # code could catch it. Everywhere else (``import lstmcore`` in a library) it raises.
+    if sys.argv[:1] != ["-m"]:
+        raise
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
 from lstmcore.model import load as load  # noqa: E402  (after set-up: model imports the core)

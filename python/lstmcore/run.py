@@ -11,31 +11,42 @@ the current epoch's order.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
 import os
+import reprlib
+import stat
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
 
 from lstmcore import _files, checkpoint, data, imaging, optim
-from lstmcore.model import Task, make_permutation, task_record
-from lstmcore.nn import SequenceClassifier, upgrade_v01_optim_state, upgrade_v01_params
+from lstmcore.model import TASKS, Task, make_permutation, task_record
+from lstmcore.nn import (
+    MAX_CHRONO,
+    SequenceClassifier,
+    upgrade_v01_optim_state,
+    upgrade_v01_params,
+)
 from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
 from lstmcore.stepper import Stepper, make_stepper
 
 Array = NDArray[Any]
 
 __all__ = [
+    "OPTIMIZERS",
     "RUN_FILES",
+    "SCHEDULES",
+    "SETTINGS",
     "Config",
     "ConfigError",
     "Progress",
@@ -44,8 +55,12 @@ __all__ = [
     "RunData",
     "RunError",
     "RunLock",
+    "Setting",
+    "SettingError",
     "TestResult",
     "TrainingError",
+    "check_config",
+    "check_setting",
     "load_run_data",
     "lr_for",
     "make_model",
@@ -67,6 +82,15 @@ class TrainingError(RuntimeError):
 
 class ConfigError(ValueError):
     """A setting the run or its data cannot honour; the message names the flag."""
+
+
+class SettingError(ConfigError):
+    """A Config field holds a value it may not; ``name`` is the field, ``problem`` what it
+    expects and got."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{flag(name)}: {problem}")
+        self.name, self.problem = name, problem
 
 
 class RunError(RuntimeError):
@@ -108,6 +132,115 @@ class Config:
     task: str = "rows"  # rows | pixels | permuted (lstmcore.model.Task)
     perm_seed: int = 0  # the permuted task's pixel order
     shift: int = 2  # augmentation: random shifts of up to this many pixels (CPU only)
+
+
+# ---- settings: what each Config field may hold ----------------------------------------------
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+MAX_SHIFT = 4  # MNIST's digits fit a 20x20 box centred in 28x28: larger moves would cut them
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The values one setting may take: of ``kind`` (exactly: an int setting takes no bool)
+    and such that ``accepts``, which ``expected`` says in words."""
+
+    kind: type
+    expected: str
+    accepts: Callable[[Any], bool] = lambda value: True
+    optional: bool = False  # None (not set) too
+
+    @classmethod
+    def integer(
+        cls, minimum: int, maximum: int | None = None, *, optional: bool = False
+    ) -> Setting:
+        wanted = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        return cls(
+            int,
+            f"an integer {wanted}",
+            lambda v: minimum <= v and (maximum is None or v <= maximum),
+            optional,
+        )
+
+    @classmethod
+    def number(cls, minimum: float | None = None) -> Setting:
+        # finite in float32, not only in float64: the parameters and the optimizer's
+        # arithmetic are float32, where 1e39 is already inf
+        at_least = "" if minimum is None else f" >= {minimum:g}"
+        return cls(
+            float,
+            f"a number{at_least}, finite in float32",
+            lambda v: abs(v) <= FLOAT32_MAX and (minimum is None or v >= minimum),  # NaN fails
+        )
+
+    @classmethod
+    def one_of(cls, options: tuple[str, ...]) -> Setting:
+        return cls(str, f"one of {', '.join(options)}", lambda v: v in options)
+
+    def check(self, value: Any) -> Any:
+        """``value`` if the setting may take it (an int given for a float as a float), else
+        ValueError saying what it expects."""
+        if value is None and self.optional:
+            return None
+        if self.kind is float and type(value) is int and abs(value) <= 2**1023:
+            value = float(value)
+        if type(value) is not self.kind or not self.accepts(value):
+            raise ValueError(f"expected {self.expected}, got {reprlib.repr(value)}")
+        return value
+
+
+_BOOL = Setting(bool, "true or false")
+
+# every Config field's values: the command line parses a flag's text as the kind, then checks
+# it here, as a resume checks the values in config.json
+SETTINGS: dict[str, Setting] = {
+    "epochs": Setting.integer(1),
+    "iters": Setting.integer(1, optional=True),
+    "batch_size": Setting.integer(1),
+    "hidden": Setting.integer(1),
+    "layers": Setting.integer(1),
+    "bidirectional": _BOOL,
+    # 1 would drop every activation
+    "dropout": Setting(float, "a probability in [0, 1)", lambda v: 0.0 <= v < 1.0),
+    "lr": Setting.number(0),
+    "optimizer": Setting.one_of(OPTIMIZERS),
+    "momentum": Setting.number(0),
+    "weight_decay": Setting.number(0),
+    "clip": Setting.number(0),
+    "schedule": Setting.one_of(SCHEDULES),
+    "forget_bias": Setting.number(),
+    "chrono": Setting(
+        int, "0 (off) or an integer in [2, 2**53]", lambda v: v == 0 or 2 <= v <= MAX_CHRONO
+    ),
+    "max_loss": Setting.number(0),
+    "seed": Setting.integer(0),
+    "val_size": Setting.integer(0),
+    "train_subset": Setting.integer(1, optional=True),
+    "data_dir": Setting(str, "a directory", lambda v: "\0" not in v, optional=True),
+    "download": _BOOL,
+    "task": Setting.one_of(TASKS),
+    "perm_seed": Setting.integer(0),
+    "shift": Setting.integer(0, MAX_SHIFT),
+}
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` as Config field ``name`` holds it; SettingError saying what it expects."""
+    try:
+        return SETTINGS[name].check(value)
+    except ValueError as err:
+        raise SettingError(name, str(err)) from None
+
+
+def check_config(values: dict[str, Any]) -> Config:
+    """A Config of ``values`` (some of its fields; the others keep their defaults), each
+    through :func:`check_setting`; SettingError for a field Config does not have."""
+    for name in values:
+        if name not in SETTINGS:
+            raise SettingError(name, "not a setting of this version of lstmcore")
+    return Config(**{name: check_setting(name, value) for name, value in values.items()})
 
 
 @dataclass
@@ -275,6 +408,14 @@ def lr_for(cfg: Config, step: int, total: int) -> float:
     return optim.lr_at(cfg.schedule, cfg.lr, step, total, step_size=max(total // 3, 1))
 
 
+def printable(text: str, stream: TextIO) -> str:
+    """``text`` as ``stream`` can write it: a character its encoding lacks, such as a path's
+    byte that is not UTF-8 (a surrogate escape), as a backslash escape, as Python's stderr
+    writes it, rather than a UnicodeEncodeError."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
 class Reporter:
     """What a run prints while it trains: epoch lines and a progress bar on stderr, or nothing
     when quiet. The final result is printed by the caller, quiet or not."""
@@ -291,7 +432,7 @@ class Reporter:
         if not self.quiet:
             from tqdm import tqdm
 
-            tqdm.write(text)
+            tqdm.write(printable(text, sys.stdout))
 
     def start_epoch(self, epoch: int, epochs: int, batches: int, done: int) -> None:
         self._started = time.perf_counter()
@@ -345,7 +486,7 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -354,9 +495,37 @@ class RunLock:
             raise RunError(
                 f"{self.path.parent} is in use by {holder}; wait for it to finish or stop it"
             ) from None
+        # written only now, held and checked: the line names this process, argv as given
+        # (fsencode: a path that is not UTF-8 goes back to its own bytes)
         os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv)})\n".encode())
+        os.write(fd, os.fsencode(f"process {os.getpid()} ({' '.join(sys.argv)})\n"))
         self._fd = fd
+
+    def _open(self) -> int:
+        """The lock file's descriptor, created if missing; RunError unless it is a regular
+        file of one link. An untarred or shared run directory may hold a .lock that is a
+        symbolic or hard link to any file the user can write, which the holder line would
+        overwrite: O_NOFOLLOW, and fstat on what was opened. O_NONBLOCK: opening a FIFO
+        never waits."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o666)
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+            raise RunError(self._refusal("a symbolic link")) from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            kind = "not a regular file" if not stat.S_ISREG(info.st_mode) else "a hard link"
+            raise RunError(self._refusal(kind))
+        return fd
+
+    def _refusal(self, kind: str) -> str:
+        return (
+            f"{self.path}: the run's lock file is {kind}; not using it (it would be "
+            "overwritten): remove it and try again"
+        )
 
     def release(self) -> None:
         if self._fd is not None:
@@ -386,6 +555,7 @@ class Run:
         tf32: bool = False,
         reporter: Reporter | None = None,
     ) -> None:
+        check_config(asdict(cfg))  # from the API too: a bad value fails here, by its flag
         self.cfg, self.run_dir, self.data = cfg, run_dir, run_data
         self.device, self.tf32 = device, tf32
         self.reporter = reporter if reporter is not None else Reporter(quiet=True)
@@ -460,14 +630,17 @@ class Run:
         --epochs and --iters, which extend or shorten it (noted in config.json)."""
         cfg, notes = read_config(run_dir)
         changes = changed_settings(cfg, settings or {})
-        run = cls(
-            apply_changes(cfg, changes),
-            run_dir,
-            load_run_data(cfg),
-            device=device,
-            tf32=tf32,
-            reporter=reporter,
-        )
+        try:
+            run = cls(
+                apply_changes(cfg, changes),
+                run_dir,
+                load_run_data(cfg),
+                device=device,
+                tf32=tf32,
+                reporter=reporter,
+            )
+        except ConfigError as err:  # the file's values (the data, the model's size), not flags
+            raise checkpoint.CheckpointError(f"{run_dir / 'config.json'}: {err}") from err
         with run._closed_on_error():
             run._lock.acquire()
             run.restore(run_dir / "last.npz")
@@ -542,7 +715,9 @@ class Run:
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> bool:
         """Trains to the end; True when finished, False when ``stop_requested()`` said so
         between two steps (last.npz then holds the state after that step)."""
-        while not self.finished:
+        # an epoch begun is closed (validation, its row) even when the run is already finished:
+        # it was stopped after its last step, or resumed with fewer --iters
+        while not self.finished or self.prog.epoch_pos > 0:
             if not self._train_epoch(stop_requested):
                 return False
         return True
@@ -579,8 +754,7 @@ class Run:
         loss, correct, problem = self.stepper.step(idx, lr)
         if problem is not None:
             raise TrainingError(
-                f"step {prog.step + 1}: {problem}; training stopped "
-                f"(last.npz and best.npz hold the last good state)"
+                f"step {prog.step + 1}: {problem}; training stopped ({self._kept()})"
             )
         prog.step += 1
         prog.epoch_pos += 1
@@ -599,7 +773,7 @@ class Run:
             "train_loss": prog.loss_sum / max(prog.seen, 1),
             "train_accuracy": prog.correct / max(prog.seen, 1),
             "val_accuracy": val_acc,
-            "lr": self.opt.lr,
+            "lr": lr_for(self.cfg, prog.step - 1, self.total_steps),  # the last step's
             "seconds": prog.seconds,
             "epoch_seconds": epoch_seconds,
             "samples_per_s": prog.seen / max(epoch_seconds, 1e-9),
@@ -623,7 +797,7 @@ class Run:
             if not np.all(np.isfinite(value)):
                 raise TrainingError(
                     f"step {self.prog.step}: parameter {name} is not finite; not saving "
-                    f"{path.name} (the previous checkpoints are kept)"
+                    f"{path.name} ({self._kept()})"
                 )
         meta = {
             "config": asdict(self.cfg),
@@ -638,36 +812,36 @@ class Run:
         arrays = {"epoch_order": order, **task_arrays}
         checkpoint.save(path, self.model.params, self.opt.state_dict(), meta, arrays)
 
+    def _kept(self) -> str:
+        """What a stopped run or a refused save leaves on disk, in words."""
+        kept = [name for name in ("last.npz", "best.npz") if (self.run_dir / name).is_file()]
+        if not kept:
+            return "no checkpoint was saved before"
+        return f"{' and '.join(kept)} {'hold' if len(kept) > 1 else 'holds'} the last good state"
+
     def restore(self, path: Path) -> None:
         """Loads last.npz into model, optimizer, RNG and progress; nothing changes unless all
-        of it is valid."""
+        of it is valid and fits this run (else CheckpointError naming the file and field)."""
         params, opt_state, meta, other = checkpoint.load(path)
         # lstmcore 0.1 wrote one bias under other names: the same model under today's names
         params, opt_state = upgrade_v01_params(params), upgrade_v01_optim_state(opt_state)
-        try:
-            prog = Progress(**meta["progress"])
-            rng_state = meta["rng"]
-            order = other["epoch_order"]
-        except (KeyError, TypeError) as err:
-            raise checkpoint.CheckpointError(f"{path}: incomplete metadata: {err}") from err
-        if len(order) != len(self.data.train_x):
-            raise checkpoint.CheckpointError(f"{path}: saved for another data set")
+        n = len(self.data.train_x)
         # 0.1 had no dropout, hence no dropout generator: keep the fresh one
-        dropout_state = meta.get("dropout_rng", self.model.lstm.dropout_rng.bit_generator.state)
-        for state in (rng_state, dropout_state):
-            trial = np.random.default_rng()
-            try:
-                trial.bit_generator.state = state
-            except (TypeError, ValueError, KeyError) as err:
-                raise checkpoint.CheckpointError(f"{path}: bad RNG state: {err}") from err
+        fresh = self.model.lstm.dropout_rng.bit_generator.state
+        states = {"rng": meta.get("rng"), "dropout_rng": meta.get("dropout_rng", fresh)}
         try:
+            prog = check_progress(meta.get("progress"), n, self.cfg.batch_size)
+            order = check_order(other.get("epoch_order"), n)
+            for name, state in states.items():
+                check_generator_state(name, state)
             self.opt.check_state(opt_state)
+            check_optimizer_step(opt_state, prog.step)
         except ValueError as err:
             raise checkpoint.CheckpointError(f"{path}: {err}") from err
         checkpoint.assign_params(path, params, self.model.params)  # validates first
         self.opt.load_state_dict(opt_state)
-        self.rng.bit_generator.state = rng_state
-        self.model.lstm.dropout_rng.bit_generator.state = dropout_state
+        self.rng.bit_generator.state = states["rng"]
+        self.model.lstm.dropout_rng.bit_generator.state = states["dropout_rng"]
         self.prog, self.order = prog, order
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
@@ -722,16 +896,142 @@ class _CloseOnError:
             self.run.close()
 
 
+CONFIG_LIMIT = 1 << 20  # bytes: a config.json is under 1 KiB
+
+
 def read_config(run_dir: Path) -> tuple[Config, list[str]]:
-    """The run's Config and the notes of earlier resumes that changed it."""
+    """The run's Config and the notes of earlier resumes that changed it; CheckpointError
+    naming the file (and the field) for anything a run could not have written."""
+    path = run_dir / "config.json"
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
+        with _files.open_regular(path) as handle:  # a FIFO would block the open forever
+            raw = handle.read(CONFIG_LIMIT + 1)
+        if len(raw) > CONFIG_LIMIT:
+            raise ValueError(f"larger than {CONFIG_LIMIT} bytes")
+        # ValueError: not UTF-8 (as written; json would guess UTF-16 from some bytes), not
+        # JSON, an integer of too many digits; RecursionError: nested too deep
+        saved = json.loads(raw.decode("utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
         notes = saved.pop("notes", [])
         if not isinstance(notes, list):
-            raise TypeError("notes is not a list")
-        return Config(**saved), [str(n) for n in notes]
-    except (OSError, json.JSONDecodeError, TypeError, AttributeError) as err:
-        raise checkpoint.CheckpointError(f"{run_dir}/config.json: cannot resume: {err}") from err
+            raise ValueError("notes: not a list")
+        return check_config(saved), [str(n) for n in notes]
+    except SettingError as err:
+        raise checkpoint.CheckpointError(f"{path}: {err.name}: {err.problem}") from err
+    except (OSError, ValueError, RecursionError) as err:
+        raise checkpoint.CheckpointError(f"{path}: cannot resume: {err}") from err
+
+
+# ---- what a checkpoint's progress may hold: where this run could stand ------------------------
+
+
+def _expect(name: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: expected {expected}, got {reprlib.repr(value)}")
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+_PROGRESS_FIELDS = {f.name for f in fields(Progress)}
+# the values of a history row that a resumed run reads back (epoch seconds, curves.png)
+_ROW_NUMBERS = ("seconds", "train_loss", "train_accuracy", "val_accuracy")
+
+
+def check_progress(saved: Any, n: int, batch_size: int) -> Progress:
+    """``saved`` (a checkpoint's progress) as a Progress, if a run of ``n`` training images
+    in batches of ``batch_size`` can stand there: every count in range, step and the epoch
+    position consistent with the history; ValueError naming the field."""
+    _expect("progress", saved, isinstance(saved, dict), "a mapping")
+    unknown = sorted(saved.keys() - _PROGRESS_FIELDS)
+    if unknown:
+        raise ValueError(f"progress.{unknown[0]}: not a field of a run's progress")
+    prog = Progress(**saved)
+
+    def check(name: str, ok: bool, expected: str) -> None:
+        _expect(f"progress.{name}", getattr(prog, name), ok, expected)
+
+    for name in ("epoch", "step", "epoch_pos", "correct", "seen"):
+        check(name, _is_count(getattr(prog, name)), "an integer >= 0")
+    for name in ("loss_sum", "seconds"):
+        value = getattr(prog, name)
+        check(name, _is_number(value) and 0 <= value < math.inf, "a finite number >= 0")
+    best = prog.best_val
+    ok = _is_number(best) and (best == -1 or 0 <= best <= 1 or math.isnan(best))
+    check("best_val", ok, "-1 (none yet), an accuracy in [0, 1], or NaN (no validation set)")
+    batches = math.ceil(n / batch_size)
+    check("epoch_pos", prog.epoch_pos <= batches, f"at most the {batches} batches of an epoch")
+    done = _check_history(prog.history, prog.epoch, batches)
+    step, pos = done + prog.epoch_pos, prog.epoch_pos
+    check("step", prog.step == step, f"{step} ({done} in the completed epochs, epoch_pos {pos})")
+    seen = min(pos * batch_size, n)
+    check("seen", prog.seen == seen, f"{seen} (the images of epoch_pos {pos} batches)")
+    check("correct", prog.correct <= seen, f"at most seen ({seen})")
+    return prog
+
+
+def _check_history(history: Any, epochs: int, batches: int) -> int:
+    """The step count at the end of the last completed epoch, if ``history`` has one row per
+    epoch (``epochs``), each ending 1 to ``batches`` steps after the one before (fewer than
+    ``batches`` where the run reached --iters); ValueError naming the row."""
+    if not (isinstance(history, list) and len(history) == epochs):
+        got = f"{len(history)} rows" if isinstance(history, list) else reprlib.repr(history)
+        raise ValueError(f"progress.history: expected {epochs} rows (progress.epoch), got {got}")
+    step = 0
+    for i, row in enumerate(history):
+        where = f"progress.history[{i}]"
+        _expect(where, row, isinstance(row, dict), "a mapping")
+        _expect(f"{where}.epoch", row.get("epoch"), row.get("epoch") == i + 1, str(i + 1))
+        end = row.get("step")
+        ok = _is_count(end) and 1 <= end - step <= batches
+        _expect(f"{where}.step", end, ok, f"an integer in [{step + 1}, {step + batches}]")
+        for key in _ROW_NUMBERS:
+            _expect(f"{where}.{key}", row.get(key), _is_number(row.get(key)), "a number")
+        step = end
+    return step
+
+
+def check_order(order: Any, n: int) -> NDArray[np.int64]:
+    """``order`` (the current epoch's, from a checkpoint) if it is a permutation of the ``n``
+    training images; ValueError naming it."""
+    shape = f"{order.shape} {order.dtype}" if isinstance(order, np.ndarray) else "none"
+    if not (isinstance(order, np.ndarray) and order.dtype.kind in "iu" and order.shape == (n,)):
+        raise ValueError(
+            f"epoch_order: expected ({n},) integers (the training set's order), got {shape}"
+        )
+    if not np.array_equal(np.sort(order), np.arange(n)):
+        raise ValueError(
+            f"epoch_order: not a permutation of the {n} training images (an index is out of "
+            "range or repeated)"
+        )
+    return order.astype(np.int64)
+
+
+def check_generator_state(name: str, state: Any) -> None:
+    """ValueError naming ``name`` unless ``state`` can be a NumPy generator's (tried on a
+    scratch one: whatever the file holds, any error it causes is this error)."""
+    try:
+        np.random.default_rng().bit_generator.state = state
+    except Exception as err:  # any type at all: the value came from a file
+        raise ValueError(f"{name}: not a valid generator state ({err})") from None
+
+
+def check_optimizer_step(opt_state: dict[str, Array], steps: int) -> None:
+    """ValueError unless the optimizer's step count (Adam's bias correction), where it has
+    one, is the run's ``steps``: every step the run counts was applied, and only those."""
+    count = opt_state.get("step")
+    if count is None:
+        return
+    integer = count.shape == () and count.dtype.kind in "iu"
+    if not (integer and int(count) == steps):
+        got = int(count) if integer else f"{count.shape} {count.dtype}"
+        raise ValueError(f"optim/step: expected {steps} (progress.step), got {got}")
 
 
 def changed_settings(cfg: Config, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

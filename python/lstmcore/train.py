@@ -13,11 +13,11 @@ handling and exit statuses. The run itself is :class:`lstmcore.run.Run`.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,84 +25,51 @@ from typing import Any
 import lstmcore
 from lstmcore import checkpoint, data
 from lstmcore.model import TASKS
-from lstmcore.nn import MAX_CHRONO
 from lstmcore.run import (
+    MAX_SHIFT,
+    OPTIMIZERS,
+    SCHEDULES,
+    SETTINGS,
     Config,
     ConfigError,
     Reporter,
     Run,
     RunError,
+    Setting,
     TrainingError,
     unsupported_on_device,
 )
 
-EXIT_INTERRUPTED = 130
+# Ctrl-C, and what timeout, batch schedulers and docker stop send: either stops the run after
+# its current step, saved
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _int_at_least(minimum: int, maximum: int | None = None) -> Any:
-    """An argparse type: an integer >= minimum (and <= maximum), else a usage error."""
+def flag_type(setting: Setting) -> Callable[[str], Any]:
+    """An argparse type: the text as the setting's kind, then :meth:`Setting.check` (the
+    check a resumed run's config.json goes through), else a usage error."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum or (maximum is not None and value > maximum):
-            wanted = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-            raise argparse.ArgumentTypeError(f"expected an integer {wanted}, got {text!r}")
-        return value
+            return setting.check(setting.kind(text))
+        except ValueError:  # int("x") and float("x") too
+            raise argparse.ArgumentTypeError(f"expected {setting.expected}, got {text!r}") from None
 
     return parse
 
 
-positive_int = _int_at_least(1)
+def of(name: str) -> Callable[[str], Any]:
+    """The argparse type of Config field ``name``."""
+    return flag_type(SETTINGS[name])
 
 
-def chrono_steps(text: str) -> int:
-    """An argparse type: 0 (off) or an integer in [2, 2**53]."""
-    value: int = _int_at_least(0, MAX_CHRONO)(text)
-    if value == 1:
-        raise argparse.ArgumentTypeError(
-            f"expected 0 (off) or an integer in [2, 2**53], got {text!r}"
-        )
-    return value
+def one_of(options: tuple[str, ...]) -> str:
+    """A metavar listing the choices, as argparse's own choices= would."""
+    return "{" + ",".join(options) + "}"
 
 
-non_negative_int = _int_at_least(0)
 # OpenBLAS's pool has 64 threads at most (more only warn); larger machines may use their cores
 MAX_THREADS = max(64, os.cpu_count() or 1)
-MAX_SHIFT = 4
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (value >= 0.0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """An argparse type: a number in [0, 1) (1 would drop every activation)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,17 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--epochs", type=positive_int, default=d.epochs, help="passes over the training set"
+        "--epochs", type=of("epochs"), default=d.epochs, help="passes over the training set"
     )
     p.add_argument(
         "--iters",
-        type=positive_int,
+        type=of("iters"),
         default=None,
         help="training iterations (batches) in all; overrides --epochs",
     )
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="batch size")
-    p.add_argument("--hidden", type=positive_int, default=d.hidden, help="LSTM hidden units")
-    p.add_argument("--layers", type=positive_int, default=d.layers, help="stacked LSTM layers")
+    p.add_argument("--batch-size", type=of("batch_size"), default=d.batch_size, help="batch size")
+    p.add_argument("--hidden", type=of("hidden"), default=d.hidden, help="LSTM hidden units")
+    p.add_argument("--layers", type=of("layers"), default=d.layers, help="stacked LSTM layers")
     p.add_argument(
         "--bidirectional",
         action="store_true",
@@ -131,47 +98,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dropout",
-        type=probability,
+        type=of("dropout"),
         default=d.dropout,
         help="dropout on each LSTM layer's output but the last (training only, torch's rule)",
     )
-    p.add_argument("--lr", type=non_negative_float, default=d.lr, help="peak learning rate")
+    p.add_argument("--lr", type=of("lr"), default=d.lr, help="peak learning rate")
     p.add_argument(
         "--optimizer",
-        choices=["adam", "adamw", "sgd"],
+        type=of("optimizer"),
+        metavar=one_of(OPTIMIZERS),
         default=d.optimizer,
         help="adam (L2 weight decay), adamw (decoupled), or sgd",
     )
     p.add_argument(
         "--momentum",
-        type=non_negative_float,
+        type=of("momentum"),
         default=d.momentum,
         help="SGD momentum (ignored by Adam)",
     )
     p.add_argument(
-        "--weight-decay", type=non_negative_float, default=d.weight_decay, help="weight decay"
+        "--weight-decay", type=of("weight_decay"), default=d.weight_decay, help="weight decay"
     )
     p.add_argument(
         "--clip",
-        type=non_negative_float,
+        type=of("clip"),
         default=d.clip,
         help="clip the global gradient norm to this (0: no clipping)",
     )
     p.add_argument(
         "--schedule",
-        choices=["cosine", "step", "constant"],
+        type=of("schedule"),
+        metavar=one_of(SCHEDULES),
         default=d.schedule,
         help="learning-rate schedule over the whole run (step: x0.1 after each third)",
     )
     p.add_argument(
         "--forget-bias",
-        type=finite_float,
+        type=of("forget_bias"),
         default=d.forget_bias,
         help="added to the forget gate's initial bias (bias_ih + bias_hh: half to each)",
     )
     p.add_argument(
         "--chrono",
-        type=chrono_steps,
+        type=of("chrono"),
         default=d.chrono,
         metavar="T",
         help="chrono initialisation for memories of up to T steps (the pixel tasks: 784): "
@@ -180,44 +149,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-loss",
-        type=non_negative_float,
+        type=of("max_loss"),
         default=d.max_loss,
         help="stop as diverged when a batch's mean loss exceeds this (chance is ln(classes))",
     )
     p.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=of("seed"),
         default=d.seed,
         help="seed for initialisation, shuffling, shifts and dropout masks",
     )
     p.add_argument(
         "--val-size",
-        type=non_negative_int,
+        type=of("val_size"),
         default=d.val_size,
         help="the last N training images are held out for validation",
     )
     p.add_argument(
         "--train-subset",
-        type=positive_int,
+        type=of("train_subset"),
         default=None,
         help="train on only the first N training images (quick checks)",
     )
     p.add_argument(
         "--task",
-        choices=list(TASKS),
+        type=of("task"),
+        metavar=one_of(TASKS),
         default=d.task,
         help="rows: 28 steps of 28 pixels; pixels: 784 steps of 1 pixel; permuted: 784 steps "
         "of 1 pixel in one fixed random order (--perm-seed), stored in the checkpoint",
     )
     p.add_argument(
         "--perm-seed",
-        type=non_negative_int,
+        type=of("perm_seed"),
         default=d.perm_seed,
         help="seed of the permuted task's pixel order",
     )
     p.add_argument(
         "--shift",
-        type=_int_at_least(0, MAX_SHIFT),
+        type=of("shift"),
         default=None,
         help=f"augmentation: move each training image by up to N pixels at random, N in "
         f"[0, {MAX_SHIFT}]: MNIST's digits fit a 20x20 box centred in 28x28, so larger moves "
@@ -232,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=_int_at_least(1, MAX_THREADS),
+        type=flag_type(Setting.integer(1, MAX_THREADS)),
         default=None,
         help="CPU threads for the core (default: all cores, or LSTMCORE_NUM_THREADS)",
     )
@@ -278,13 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Interrupt:
-    """The first SIGINT sets a flag that the loop checks between steps, so a step is never cut
-    in half and last.npz is saved; a second one exits at once, without saving."""
+    """The first stop signal (SIGINT or SIGTERM) sets a flag that the loop checks between
+    steps, so a step is never cut in half and last.npz is saved; a second one exits at once,
+    without saving."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int = signal.SIGINT  # the last one received
+
+    @property
+    def status(self) -> int:
+        """The exit status a shell gives a process this signal ended: 128 + its number."""
+        return 128 + self.signum
 
     def __call__(self, signum: int, frame: Any) -> None:
+        self.signum = signum
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -334,7 +312,7 @@ def open_run(args: argparse.Namespace, given: set[str]) -> Run:
 def train(args: argparse.Namespace, given: set[str]) -> int:
     with open_run(args, given) as run:
         interrupt = _Interrupt()
-        previous_handler = signal.signal(signal.SIGINT, interrupt)
+        previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
         try:
             finished = run.train(lambda: interrupt.requested)
         except KeyboardInterrupt:
@@ -343,17 +321,18 @@ def train(args: argparse.Namespace, given: set[str]) -> int:
                 f"(last.npz keeps the previous save; continue with --resume {run.run_dir})",
                 file=sys.stderr,
             )
-            return EXIT_INTERRUPTED
+            return interrupt.status
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if not finished:
-            last = run.run_dir / "last.npz"
+            name = signal.Signals(interrupt.signum).name
             print(
-                f"interrupted at step {run.prog.step}: saved {last}; "
+                f"interrupted at step {run.prog.step} ({name}): saved {run.run_dir / 'last.npz'}; "
                 f"continue with --resume {run.run_dir}",
                 file=sys.stderr,
             )
-            return EXIT_INTERRUPTED
+            return interrupt.status
         print(run.report(run.test()))
     return 0
 
