@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from trained import trained_run
 
 import lstmcore
 from helpers import make_lengths, make_problem, make_stack_params, rel_err
-from lstmcore import nn, ops, reference
+from lstmcore import data, evaluate, nn, ops, reference
 from lstmcore._native import core as _core
 
 TOL_REF = 2.0**-9
@@ -275,3 +276,19 @@ def test_classifier_precision_can_change_between_calls(rng: np.random.Generator)
     assert 0 < rel_err(bf16, fp32) <= TOL_FP32
     model.precision = None
     assert np.array_equal(model.logits(images), fp32)
+
+
+def test_a_checkpoint_loads_and_evaluates_in_bf16(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Checkpoints hold float32 parameters: a model evaluates in bf16 as in float32, through
+    lstmcore.load and the evaluate command, and agrees with float32 on nearly every image."""
+    best = trained_run(tmp_path_factory) / "best.npz"
+    fp32 = lstmcore.load(best)
+    bf16 = lstmcore.load(best, precision="bf16")
+    assert bf16.network.precision == "bf16" and fp32.network.precision is None
+    images = data.load_mnist().test_images[:2000]
+    assert rel_err(bf16.logits(images), fp32.logits(images)) <= TOL_FP32
+    agree = float(np.mean(bf16.predict(images) == fp32.predict(images)))
+    assert agree >= 0.99, agree
+    with pytest.raises(ValueError, match=r"^precision: expected one of"):
+        lstmcore.load(best, precision="int8")
+    assert evaluate.main([str(best), "--precision", "bf16"]) == 0

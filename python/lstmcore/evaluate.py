@@ -1,4 +1,5 @@
-"""``python -m lstmcore.evaluate CHECKPOINT [--data-dir DIR]``: test accuracy of a checkpoint.
+"""``python -m lstmcore.evaluate CHECKPOINT [--data-dir DIR] [--precision {fp32,bf16}]``: test
+accuracy of a checkpoint.
 
 Prints the confusion matrix, then ``test accuracy: XX.XX% (correct/total)`` as the last line.
 """
@@ -25,9 +26,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="directory with the MNIST-format files (default: bundled MNIST)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="arithmetic of the LSTM's GEMMs: fp32 (default) or bf16 (bf16-rounded operands, "
+        "float32 accumulation); any checkpoint evaluates in either",
+    )
     args = parser.parse_args(argv)
     try:
-        classifier = load(args.checkpoint)  # the network and its task (rows, pixels, permuted)
+        # the network and its task (rows, pixels, permuted)
+        classifier = load(args.checkpoint, precision=args.precision)
         # labels beyond the model's classes are refused: they would size the confusion matrix
         mnist = data.load_mnist(args.data_dir, num_classes=classifier.num_classes)
         try:

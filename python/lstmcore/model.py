@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import checkpoint
+from lstmcore import checkpoint, ops
 from lstmcore.nn import PREDICT_BATCH, SequenceClassifier, upgrade_v01_params
 
 Array = NDArray[Any]
@@ -244,13 +244,20 @@ def load_network(path: str | os.PathLike[str]) -> SequenceClassifier:
     return network_from(str(path), stored, meta)
 
 
-def load(path: str | os.PathLike[str]) -> Classifier:
+def load(path: str | os.PathLike[str], precision: str | None = None) -> Classifier:
     """The trained classifier in a checkpoint (``best.npz`` or ``last.npz`` of a run).
 
+    ``precision``: None / "fp32" (float32) or "bf16" (bf16-rounded GEMM operands, see
+    :mod:`lstmcore.ops`); checkpoints hold float32 parameters whatever precision trained them,
+    so any model evaluates in either (``classifier.network.precision`` can change later too).
+
     Raises :class:`lstmcore.checkpoint.CheckpointError` (a ValueError) with one line naming the
-    file when it is missing, not a checkpoint, or does not describe a consistent model.
+    file when it is missing, not a checkpoint, or does not describe a consistent model; a bad
+    ``precision`` is a ValueError naming it.
     """
+    ops.check_precision(precision, np.dtype(np.float32))  # before the file is read
     stored, _, meta, other = checkpoint.load(path)
     network = network_from(str(path), stored, meta)
+    network.precision = precision
     task, shape = task_from(path, meta, other, int(network.config["input_size"]))
     return Classifier(network, task, shape, str(path))
