@@ -292,3 +292,11 @@ def test_a_checkpoint_loads_and_evaluates_in_bf16(tmp_path_factory: pytest.TempP
     with pytest.raises(ValueError, match=r"^precision: expected one of"):
         lstmcore.load(best, precision="int8")
     assert evaluate.main([str(best), "--precision", "bf16"]) == 0
+
+
+def test_isa_names_the_path_of_each_precision() -> None:
+    path = lstmcore.isa()
+    assert lstmcore.isa("fp32") == path and path in PATHS
+    assert lstmcore.isa("bf16") == f"emulated on {path}"
+    with pytest.raises(ValueError, match="precision"):
+        lstmcore.isa("fp8")

@@ -36,13 +36,19 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
-def isa() -> str:
-    """The instruction set of the CPU kernels running: ``"avx512"``, ``"avx2"`` or ``"generic"``.
+def isa(precision: str | None = None) -> str:
+    """The CPU kernels that run a precision: for float32/float64 (``precision`` None or
+    ``"fp32"``) the instruction set, ``"avx512"``, ``"avx2"`` or ``"generic"``; for
+    ``"bf16"``, ``"emulated on <that set>"``: this build has no AMX or AVX512-BF16 kernels, so
+    bf16 runs the float32 kernels on bf16-rounded operands (the bf16 rule, exactly) on every CPU.
 
     Chosen once from the CPU (the widest it runs); the environment variable ``LSTMCORE_ISA``
     forces one, and naming one this CPU lacks is an error at import.
     """
-    return str(_core.isa())
+    if precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"precision: expected None, 'fp32' or 'bf16', got {precision!r}")
+    path = str(_core.isa())
+    return f"emulated on {path}" if precision == "bf16" else path
 
 
 def _default_threads() -> int:

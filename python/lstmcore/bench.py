@@ -805,6 +805,7 @@ def header(mode: str, rounds: int, ceilings: dict[int, float]) -> dict[str, Any]
         "cores": os.cpu_count(),
         "usable_cores": all_cores(),
         "isa": isa_path(),
+        "isa_bf16": lstmcore.isa("bf16"),
         "blas_core": core.blas_core_name(),
         "versions": versions(),
         "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
@@ -821,7 +822,10 @@ def print_header(h: dict[str, Any]) -> None:
     print(f"lstmcore benchmark ({how})")
     flags = " ".join(h["cpu_flags"]) or "none found"
     print(f"CPU: {h['cpu']} ({flags}); {h['cores']} cores, {h['usable_cores']} usable")
-    print(f"lstmcore {h['versions']['lstmcore']}: ISA path {h['isa']}, BLAS {h['blas_core']}")
+    print(
+        f"lstmcore {h['versions']['lstmcore']}: ISA path {h['isa']} (bf16: {h['isa_bf16']}), "
+        f"BLAS {h['blas_core']}"
+    )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()))
     env = ", ".join(f"{k}={'(not set)' if v is None else v}" for k, v in h["openblas_env"].items())
     print(f"environment: {env}")

@@ -44,6 +44,7 @@ Array = NDArray[Any]
 
 __all__ = [
     "OPTIMIZERS",
+    "PRECISIONS",
     "RUN_FILES",
     "SCHEDULES",
     "SETTINGS",
@@ -132,12 +133,16 @@ class Config:
     task: str = "rows"  # rows | pixels | permuted (lstmcore.model.Task)
     perm_seed: int = 0  # the permuted task's pixel order
     shift: int = 2  # augmentation: random shifts of up to this many pixels (CPU only)
+    # the LSTM's GEMM arithmetic: fp32, or bf16 (bf16-rounded operands, float32 accumulation,
+    # float32 parameters and optimizer state: checkpoints are the same either way)
+    precision: str = "fp32"
 
 
 # ---- settings: what each Config field may hold ----------------------------------------------
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("fp32", "bf16")
 MAX_SHIFT = 4  # MNIST's digits fit a 20x20 box centred in 28x28: larger moves would cut them
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -223,6 +228,7 @@ SETTINGS: dict[str, Setting] = {
     "task": Setting.one_of(TASKS),
     "perm_seed": Setting.integer(0),
     "shift": Setting.integer(0, MAX_SHIFT),
+    "precision": Setting.one_of(PRECISIONS),
 }
 
 
@@ -335,6 +341,8 @@ def unsupported_on_device(cfg: Config, device: str) -> str | None:
         return f"--device cuda trains one LSTM layer: --layers {cfg.layers} is not supported there"
     if cfg.bidirectional:
         return "--device cuda trains one direction: --bidirectional is not supported there"
+    if cfg.precision != "fp32":
+        return f"--device cuda trains in float32: --precision {cfg.precision} is CPU only"
     return None
 
 
@@ -392,6 +400,7 @@ def make_model(cfg: Config, input_size: int, num_classes: int, device: str) -> S
         chrono=cfg.chrono,
         seed=cfg.seed,
         device=device,
+        precision=None if cfg.precision == "fp32" else cfg.precision,
     )
 
 

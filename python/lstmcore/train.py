@@ -28,6 +28,7 @@ from lstmcore.model import TASKS
 from lstmcore.run import (
     MAX_SHIFT,
     OPTIMIZERS,
+    PRECISIONS,
     SCHEDULES,
     SETTINGS,
     Config,
@@ -192,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"augmentation: move each training image by up to N pixels at random, N in "
         f"[0, {MAX_SHIFT}]: MNIST's digits fit a 20x20 box centred in 28x28, so larger moves "
         f"would cut digits (default {d.shift} on the CPU; 0, and only 0, with --device cuda)",
+    )
+    p.add_argument(
+        "--precision",
+        type=of("precision"),
+        metavar=one_of(PRECISIONS),
+        default=d.precision,
+        help="the LSTM's GEMM arithmetic: fp32, or bf16 (operands rounded to bfloat16, "
+        "float32 accumulation, parameters and optimizer state; checkpoints are float32 "
+        "either way, and a resumed run keeps its precision)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train")
     p.add_argument(
