@@ -139,6 +139,26 @@ def test_flop_counts() -> None:
     assert lengths.min() >= 1 and lengths.max() <= varlen.T and lengths.shape == (varlen.B,)
     ratio = bench.flops(varlen) / bench.flops(rows)
     assert ratio == pytest.approx(lengths.sum() / (varlen.B * varlen.T), rel=1e-3)
+    stream = bench.ALL_CASES["stream-B1"]
+    assert bench.flops(stream) == 2 * 1 * 512 * (28 + 128)
+    # two layers, two directions, loss on every step: layer 0 reads I (forward, dW_ih), layer
+    # 1 reads D*H three times (forward, dW_ih, dx), each direction 3H (recurrent, dW_hh, dh)
+    seq = bench.ALL_CASES["tiny-2l-bi-seq"]
+    per_row = 4 * 8 * ((2 * 3 + 3 * 8) + (3 * 16 + 3 * 8)) * 2
+    assert bench.flops(seq) == 2 * seq.B * seq.T * per_row
+
+
+def test_grid_covers_the_shapes_people_train() -> None:
+    grid = bench.CASE_GROUPS["grid"]
+    assert {c.layers for c in grid} == {1, 2, 3} and {c.bidirectional for c in grid} == {
+        False,
+        True,
+    }
+    assert {c.every_step for c in grid} == {False, True}
+    assert min(c.T for c in grid) == 28 and max(c.T for c in grid) >= 200
+    assert min(c.H for c in grid) == 64 and max(c.H for c in grid) == 512
+    assert min(c.I for c in grid) == 8 and max(c.I for c in grid) == 128
+    assert min(c.B for c in grid) == 16 and max(c.B for c in grid) == 256
 
 
 @pytest.mark.parametrize(

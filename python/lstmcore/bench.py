@@ -1,10 +1,17 @@
 """``python -m lstmcore.bench``: lstmcore against its peers on the same model.
 
-The model is the same everywhere: one LSTM layer (forget-gate bias 1, which keeps long
-sequences' gradients out of slow denormal floats), a Linear layer to 10 classes, softmax
-cross-entropy, float32 (the NumPy reference: float64). Each case is one of three kinds:
-  train   a training step: forward, backward and an Adam update
+The model is the same everywhere: an LSTM (one layer unless the case says more; forget-gate
+bias 1, which keeps long sequences' gradients out of slow denormal floats), a Linear layer to
+10 classes, softmax cross-entropy, float32 (the NumPy reference: float64). Each case is one of
+these kinds:
+  train   a training step: forward, backward and an Adam update. The grid's cases (--cases
+          grid) vary T, B, I, H, the layers (1-3) and the directions; "seq" cases put the loss
+          on every step's output (sequence labelling: a fixed random projection of y), the
+          others on the last step's (classification)
   infer   inference: the forward pass to the logits
+  stream  one time step of a unidirectional LSTM with its state carried (lstmcore's
+          LSTM.stream, onnxruntime's LSTM op on a T=1 graph with the state fed back in, torch's
+          LSTM on one step with (h, c)): the per-step latency of real-time use
   varlen  a training step over sequences whose lengths are uniform in [1, T] (one fixed draw
           per case): lstmcore given the lengths (lstmcore-lengths) and over the padded batch
           ignoring them (lstmcore-padded); PyTorch through pack_padded_sequence(
@@ -80,7 +87,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 import lstmcore
-from lstmcore import ops, optim
+from lstmcore import nn, ops, optim
 from lstmcore import reference as ref
 from lstmcore._native import core
 from lstmcore.nn import Linear, SequenceClassifier, softmax_cross_entropy
@@ -102,12 +109,19 @@ Step = Callable[[], None]
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # "train", "infer" or "varlen"
+    kind: str  # "train", "infer", "varlen" or "stream"
     T: int
     B: int
     I: int  # noqa: E741
     H: int
     steps: int  # timed steps per contender and round (fewer for the slow cases)
+    layers: int = 1
+    bidirectional: bool = False
+    every_step: bool = False  # train: the loss reads every step's output, not the last one
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
 
 
 CASES = [
@@ -129,8 +143,28 @@ QUICK = [
     Case("tiny-infer-B1", "infer", 5, 1, 3, 8, 3),
     Case("tiny-infer", "infer", 5, 4, 3, 8, 3),
     Case("tiny-varlen", "varlen", 6, 5, 3, 8, 3),
+    Case("tiny-stream", "stream", 1, 2, 3, 8, 3),
+    Case("tiny-2l-bi-seq", "train", 5, 4, 3, 8, 3, layers=2, bidirectional=True, every_step=True),
 ]
-ALL_CASES = {c.name: c for c in CASES + QUICK}
+STREAM_CASES = [
+    Case("stream-B1", "stream", 1, 1, 28, 128, 2000),
+    Case("stream-B16", "stream", 1, 16, 28, 128, 1000),
+]
+# the grid of training shapes people train (issue: float32 on every shape): T 28-200,
+# B 16-256, I 8-128, H 64-512, 1-3 layers, one or two directions, loss at the last step or
+# at every step
+GRID = [
+    Case("g-rows-bi", "train", 28, 128, 28, 128, 20, bidirectional=True),
+    Case("g-2l-seq", "train", 50, 64, 32, 128, 15, layers=2, every_step=True),
+    Case("g-T100-H256-seq", "train", 100, 32, 64, 256, 8, every_step=True),
+    Case("g-T200-small", "train", 200, 16, 8, 64, 10),
+    Case("g-wide-B256", "train", 28, 256, 128, 512, 5),
+    Case("g-3l-bi-seq", "train", 50, 64, 64, 256, 5, layers=3, bidirectional=True, every_step=True),
+    Case("g-small-B256", "train", 100, 256, 8, 64, 10, every_step=True),
+    Case("g-2l-B16", "train", 28, 16, 8, 64, 40, layers=2),
+]
+ALL_CASES = {c.name: c for c in CASES + QUICK + STREAM_CASES + GRID}
+CASE_GROUPS = {"grid": GRID, "stream": STREAM_CASES}
 
 
 class RefusedError(Exception):
@@ -149,19 +183,37 @@ def case_lengths(case: Case) -> NDArray[np.int64]:
 
 def flops(case: Case) -> float:
     """The useful floating-point work of one step of the case (see the module's help)."""
-    four_h = 4 * case.H
-    if case.kind == "infer":
-        return 2.0 * case.T * case.B * four_h * (case.I + case.H) + 2.0 * case.B * case.H * CLASSES
+    four_h, dirs = 4 * case.H, case.directions
+    if case.kind in ("infer", "stream"):
+        inputs = [case.I] + [dirs * case.H] * (case.layers - 1)
+        lstm = sum(2.0 * case.T * case.B * four_h * (i + case.H) * dirs for i in inputs)
+        return lstm + (2.0 * case.B * dirs * case.H * CLASSES if case.kind == "infer" else 0.0)
     rows_x_steps = float(case_lengths(case).sum()) if case.kind == "varlen" else case.B * case.T
-    recurrent = 2.0 * rows_x_steps * four_h * (2 * case.I + 3 * case.H)
-    return recurrent + 6.0 * case.B * case.H * CLASSES
+    recurrent = 0.0
+    for layer in range(case.layers):
+        # forward and dW_ih read the input (2I); dx (another I) only above the first layer
+        i = case.I if layer == 0 else dirs * case.H
+        reads = 2 * i + (i if layer > 0 else 0)
+        recurrent += 2.0 * rows_x_steps * four_h * (reads + 3 * case.H) * dirs
+    head = 0.0 if case.every_step else 6.0 * case.B * dirs * case.H * CLASSES
+    return recurrent + head
 
 
 # ---- contenders ----------------------------------------------------------------------------
 
 
-def lstmcore_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
-    model = SequenceClassifier(case.I, case.H, CLASSES, seed=0)
+def _lstmcore_train(case: Case, rng: np.random.Generator, precision: str | None) -> Step:
+    if case.every_step:
+        return _lstmcore_seq_train(case, rng, precision)
+    model = SequenceClassifier(
+        case.I,
+        case.H,
+        CLASSES,
+        num_layers=case.layers,
+        bidirectional=case.bidirectional,
+        seed=0,
+        precision=precision,
+    )
     opt = optim.Adam(model.params, 1e-3)
     x = rng.random((case.B, case.T, case.I), dtype=np.float32)
     y = rng.integers(0, CLASSES, case.B)
@@ -171,19 +223,46 @@ def lstmcore_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
         opt.step(model.grads)
 
     return train
+
+
+def seq_projection(case: Case) -> Array:
+    """The fixed random (D*H,) vector a sequence-labelling case's loss projects every step's
+    output on: loss = mean(y @ r), so dy = r / (T*B) everywhere (the same in every library)."""
+    rng = np.random.default_rng(7)
+    return rng.standard_normal(case.directions * case.H).astype(np.float32)
+
+
+def _lstmcore_seq_train(case: Case, rng: np.random.Generator, precision: str | None) -> Step:
+    lstm = nn.LSTM(
+        case.I,
+        case.H,
+        case.layers,
+        case.bidirectional,
+        batch_first=True,
+        rng=np.random.default_rng(0),
+        forget_bias=FORGET_BIAS,
+        precision=precision,
+    )
+    opt = optim.Adam(lstm.params, 1e-3)
+    x = rng.random((case.B, case.T, case.I), dtype=np.float32)
+    dy = np.broadcast_to(
+        seq_projection(case) / (case.T * case.B), (case.B, case.T, len(seq_projection(case)))
+    ).astype(np.float32)
+
+    def train() -> None:
+        lstm.forward(x)
+        lstm.backward(dy, need_dx=False)
+        opt.step(lstm.grads)
+
+    return train
+
+
+def lstmcore_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    return _lstmcore_train(case, rng, None)
 
 
 def lstmcore_bf16_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
-    model = SequenceClassifier(case.I, case.H, CLASSES, seed=0, precision="bf16")
-    opt = optim.Adam(model.params, 1e-3)
-    x = rng.random((case.B, case.T, case.I), dtype=np.float32)
-    y = rng.integers(0, CLASSES, case.B)
-
-    def train() -> None:
-        model.loss_and_grads(x, y)
-        opt.step(model.grads)
-
-    return train
+    return _lstmcore_train(case, rng, "bf16")
 
 
 def lstmcore_bf16_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
@@ -245,7 +324,17 @@ def lstmcore_varlen_padded(case: Case, rng: np.random.Generator, threads: int) -
     return _lstmcore_varlen(case, rng, honour_lengths=False)
 
 
+def single_layer_classifier(case: Case, contender: str) -> None:
+    """RefusedError unless the case is the one-layer, one-direction classifier that the
+    contender's builder implements."""
+    if case.layers != 1 or case.bidirectional or case.every_step:
+        raise RefusedError(
+            f"{contender} runs the one-layer classification cases only, not {case.name}"
+        )
+
+
 def reference_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    single_layer_classifier(case, "reference")
     model = SequenceClassifier(case.I, case.H, CLASSES, seed=0, dtype=np.float64)
     head: Linear = model.head
     opt = optim.Adam(model.params, 1e-3)
@@ -285,30 +374,63 @@ def _torch_model(case: Case, threads: int, batch_first: bool) -> tuple[Any, Any,
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    lstm = torch.nn.LSTM(case.I, case.H, batch_first=batch_first)
-    bias_ih: Any = lstm.bias_ih_l0  # (a Module attribute: typed Tensor | Module)
+    lstm = torch.nn.LSTM(
+        case.I,
+        case.H,
+        num_layers=case.layers,
+        bidirectional=case.bidirectional,
+        batch_first=batch_first,
+    )
     with torch.no_grad():  # forget-gate bias 1, as lstmcore's models (see FORGET_BIAS)
-        bias_ih[case.H : 2 * case.H] += FORGET_BIAS
-    head = torch.nn.Linear(case.H, CLASSES)
+        for name, value in lstm.named_parameters():
+            if name.startswith("bias_ih"):
+                value[case.H : 2 * case.H] += FORGET_BIAS
+    head = torch.nn.Linear(case.directions * case.H, CLASSES)
     opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=1e-3)
     return lstm, head, opt
 
 
-def torch_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+def _torch_train(case: Case, rng: np.random.Generator, threads: int, bf16: bool) -> Step:
+    """torch.nn.LSTM + Linear + Adam; ``bf16``: the forward under torch.autocast("cpu",
+    dtype=torch.bfloat16), PyTorch's one-line mixed precision (float32 master weights)."""
+    import contextlib
+
     import torch
 
     lstm, head, opt = _torch_model(case, threads, batch_first=True)
     x = torch.from_numpy(rng.random((case.B, case.T, case.I), dtype=np.float32))
     y = torch.from_numpy(rng.integers(0, CLASSES, case.B))
     loss_fn = torch.nn.CrossEntropyLoss()
+    r = torch.from_numpy(seq_projection(case))
+
+    def precision() -> Any:
+        if bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def train() -> None:
         opt.zero_grad(set_to_none=True)
-        _, (h_n, _) = lstm(x)
-        loss_fn(head(h_n[0]), y).backward()
+        with precision():
+            out, (h_n, _) = lstm(x)
+            if case.every_step:
+                loss = (out.float() @ r).mean()
+            else:
+                loss = loss_fn(head(torch_features(h_n, case)).float(), y)
+        loss.backward()
         opt.step()
 
     return train
+
+
+def torch_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    return _torch_train(case, rng, threads, bf16=False)
+
+
+def torch_features(h_n: Any, case: Case) -> Any:
+    """The top layer's final states, both directions side by side (lstmcore's features)."""
+    import torch
+
+    return torch.cat(list(h_n[-case.directions :]), dim=1)
 
 
 def torch_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
@@ -326,24 +448,7 @@ def torch_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
 
 
 def torch_bf16_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
-    """PyTorch's one-line mixed precision: the forward under bf16 autocast, float32 master
-    weights and Adam."""
-    import torch
-
-    lstm, head, opt = _torch_model(case, threads, batch_first=True)
-    x = torch.from_numpy(rng.random((case.B, case.T, case.I), dtype=np.float32))
-    y = torch.from_numpy(rng.integers(0, CLASSES, case.B))
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def train() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, (h_n, _) = lstm(x)
-            loss = loss_fn(head(h_n[0]).float(), y)
-        loss.backward()
-        opt.step()
-
-    return train
+    return _torch_train(case, rng, threads, bf16=True)
 
 
 def torch_bf16_infer(case: Case, rng: np.random.Generator, threads: int) -> Step:
@@ -389,6 +494,97 @@ def torch_varlen_packed(case: Case, rng: np.random.Generator, threads: int) -> S
 
 def torch_varlen_padded(case: Case, rng: np.random.Generator, threads: int) -> Step:
     return _torch_varlen(case, rng, threads, packed=False)
+
+
+def lstmcore_stream(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    lstm = nn.LSTM(case.I, case.H, rng=np.random.default_rng(0), forget_bias=FORGET_BIAS)
+    stream = lstm.stream(case.B)
+    x = rng.random((case.B, case.I), dtype=np.float32)
+
+    def step() -> None:
+        stream.step(x)
+
+    return step
+
+
+def torch_stream(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    """torch.nn.LSTM on one time step with its state carried ((h, c) fed back)."""
+    import torch
+
+    lstm, _, _ = _torch_model(case, threads, batch_first=False)
+    x = torch.from_numpy(rng.random((1, case.B, case.I), dtype=np.float32))
+    state = [torch.zeros(1, case.B, case.H), torch.zeros(1, case.B, case.H)]
+
+    def step() -> None:
+        with torch.inference_mode():
+            _, (h, c) = lstm(x, (state[0], state[1]))
+        state[0], state[1] = h, c
+
+    return step
+
+
+def onnx_stream_model(w_ih: Array, w_hh: Array, bias: Array, case: Case) -> bytes:
+    """ONNX's LSTM op on one step: inputs x (1, B, I), h, c (1, B, H); outputs h, c."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    h = case.H
+    order = np.r_[0:h, 3 * h : 4 * h, h : 2 * h, 2 * h : 3 * h]  # i, o, f, g(=c)
+    tensors = {
+        "W": w_ih[order][None],
+        "R": w_hh[order][None],
+        "B": np.concatenate([bias[order], np.zeros(4 * h, np.float32)])[None],
+    }
+    node = helper.make_node(
+        "LSTM", ["x", "W", "R", "B", "", "h", "c"], ["", "h_out", "c_out"], hidden_size=h
+    )
+    state: list[str | int | None] = [1, "B", h]
+    graph = helper.make_graph(
+        [node],
+        "lstm_step",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "B", case.I]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, state),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, state),
+        ],
+        [
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, state),
+            helper.make_tensor_value_info("c_out", TensorProto.FLOAT, state),
+        ],
+        initializer=[numpy_helper.from_array(a, name) for name, a in tensors.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def onnx_stream(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    """onnxruntime's LSTM op on a T=1 graph, the state fed back in; checked against
+    lstmcore's stream over a few steps first."""
+    lstm = nn.LSTM(case.I, case.H, rng=np.random.default_rng(0), forget_bias=FORGET_BIAS)
+    p = lstm.params
+    bias = p["bias_ih_l0"] + p["bias_hh_l0"]
+    session = onnx_session(
+        onnx_stream_model(p["weight_ih_l0"], p["weight_hh_l0"], bias, case), threads
+    )
+    x = rng.random((1, case.B, case.I), dtype=np.float32)
+    state = {
+        "h": np.zeros((1, case.B, case.H), np.float32),
+        "c": np.zeros((1, case.B, case.H), np.float32),
+    }
+    ours = lstm.stream(case.B)
+    for _ in range(3):
+        theirs, c = session.run(["h_out", "c_out"], {"x": x, **state})
+        state = {"h": theirs, "c": c}
+        diff = float(np.max(np.abs(theirs[0] - ours.step(x[0]))))
+        if diff > ONNX_TOLERANCE:
+            raise RefusedError(f"onnxruntime refused for {case.name}: state differs by {diff:.2e}")
+
+    def step() -> None:
+        h, c = session.run(["h_out", "c_out"], {"x": x, **state})
+        state["h"], state["c"] = h, c
+
+    return step
 
 
 @dataclass(frozen=True)
@@ -514,6 +710,7 @@ def _keras_model(case: Case) -> Any:
 
 
 def keras_train(case: Case, rng: np.random.Generator, threads: int) -> Step:
+    single_layer_classifier(case, "keras")
     model = _keras_model(case)
     x = rng.random((case.B, case.T, case.I), dtype=np.float32)
     y = rng.integers(0, CLASSES, case.B)
@@ -549,6 +746,9 @@ BUILDERS: dict[tuple[str, str], dict[str, Builder]] = {
     ("torch", "infer"): {"torch": torch_infer, "torch-bf16": torch_bf16_infer},
     ("torch", "varlen"): {"torch-packed": torch_varlen_packed, "torch-padded": torch_varlen_padded},
     ("onnxruntime", "infer"): {"onnxruntime": onnx_infer},
+    ("lstmcore", "stream"): {"lstmcore": lstmcore_stream},
+    ("torch", "stream"): {"torch": torch_stream},
+    ("onnxruntime", "stream"): {"onnxruntime": onnx_stream},
     ("keras", "train"): {"keras": keras_train},
     ("keras", "infer"): {"keras": keras_infer},
 }
@@ -988,8 +1188,9 @@ def make_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="CASE",
-        help=f"subset of the cases: {', '.join(ALL_CASES)} (default: all but the tiny ones; "
-        "with --quick the tiny ones)",
+        help=f"subset of the cases, or a group of them (grid: the training grid; stream: the "
+        f"streaming steps): {', '.join(ALL_CASES)} (default: the main cases; with --quick the "
+        "tiny ones)",
     )
     parser.add_argument(
         "--contenders",
@@ -1050,9 +1251,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """What argparse's types cannot see; every failure is one `error:` line and exit 2,
     before any work."""
     if args.cases:
-        unknown = [c for c in args.cases if c not in ALL_CASES]
+        unknown = [c for c in args.cases if c not in ALL_CASES and c not in CASE_GROUPS]
         if unknown:
-            parser.error(f"--cases: unknown {unknown}; known: {', '.join(ALL_CASES)}")
+            known = ", ".join([*CASE_GROUPS, *ALL_CASES])
+            parser.error(f"--cases: unknown {unknown}; known: {known}")
     if args.rounds is not None and args.mode != "isolated":
         parser.error("--rounds: applies to --mode isolated only")
     for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
@@ -1089,7 +1291,15 @@ def worker_main(parser: argparse.ArgumentParser, spec: str) -> int:
 
 
 def selected(args: argparse.Namespace) -> tuple[list[Case], list[str], list[int]]:
-    cases = [ALL_CASES[c] for c in args.cases] if args.cases else (QUICK if args.quick else CASES)
+    if args.cases:
+        names = [
+            n
+            for c in args.cases
+            for n in ([g.name for g in CASE_GROUPS[c]] if c in CASE_GROUPS else [c])
+        ]
+        cases = [ALL_CASES[n] for n in dict.fromkeys(names)]
+    else:
+        cases = QUICK if args.quick else CASES
     families = list(args.contenders or FAMILIES)
     if args.no_reference and "reference" in families:
         families.remove("reference")

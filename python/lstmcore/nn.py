@@ -101,12 +101,16 @@ class Stream:
         self.c[...] = 0 if self._c0 is None else self._c0
 
     def step(self, x_t: Array) -> Array:
-        want = (self.batch, self._lstm.input_size)
-        if not isinstance(x_t, np.ndarray) or x_t.shape != want or x_t.dtype != self._lstm.dtype:
+        lstm = self._lstm
+        want = (self.batch, lstm.input_size)
+        if not isinstance(x_t, np.ndarray) or x_t.shape != want or x_t.dtype != lstm.dtype:
             got = f"{x_t.shape} {x_t.dtype}" if isinstance(x_t, np.ndarray) else type(x_t)
-            raise ValueError(f"x_t: expected {want} {self._lstm.dtype}, got {got}")
-        x = np.require(x_t, requirements=("C", "A"))
-        y: Array = self._lstm._stack().step(x, self.h, self.c, self._lstm._cells())
+            raise ValueError(f"x_t: expected {want} {lstm.dtype}, got {got}")
+        if not (x_t.flags.c_contiguous and x_t.flags.aligned):
+            x_t = np.require(x_t, requirements=("C", "A"))
+        # the per-step overhead is what a stream is for: the core compares the weights'
+        # contents with those it packed on every call; here only which arrays they are
+        y: Array = lstm._stack().step(x_t, self.h, self.c, lstm._cells())
         return y
 
 
@@ -205,6 +209,10 @@ class LSTM:
         # threads never tear it (backward differentiates the last training forward)
         self._training_lock = threading.Lock()
         self._stack_net: Any = None  # the core's StackInference, made on first use
+        self._cell_names = [
+            self._names(k // self.directions, k % self.directions) for k in range(cells)
+        ]
+        self._cells_cache: list[tuple[Array, Array, Array, Array]] | None = None
         self._masks: list[Array | None] = []  # the dropout masks of the last training forward
         self._shape: tuple[int, int] | None = None  # (T, B) of the last training forward
 
@@ -323,11 +331,16 @@ class LSTM:
     def _cells(self) -> list[tuple[Array, Array, Array, Array]]:
         """(w_ih, w_hh, b_ih, b_hh) of every cell, k = layer * D + direction (the arrays
         themselves: the core compares them with what it packed on every call)."""
-        cells = []
-        for layer in range(self.num_layers):
-            for d in range(self.directions):
-                w_ih, w_hh, b_ih, b_hh = (self.params[n] for n in self._names(layer, d))
-                cells.append((w_ih, w_hh, b_ih, b_hh))
+        params = self.params
+        cached = self._cells_cache
+        if cached is not None and all(
+            params[n] is a
+            for names, arrays in zip(self._cell_names, cached, strict=True)
+            for n, a in zip(names, arrays, strict=True)
+        ):
+            return cached
+        cells = [(params[a], params[b], params[c], params[d]) for a, b, c, d in self._cell_names]
+        self._cells_cache = cells
         return cells
 
     def _stack(self) -> Any:
