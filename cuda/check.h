@@ -1,5 +1,6 @@
 // check.h: every CUDA runtime and cuBLAS call goes through these; a failure becomes
-// std::runtime_error naming the call, the file and the line (RuntimeError in Python).
+// std::runtime_error naming the call, the error's name and text, the file and the line
+// (RuntimeError in Python).
 #pragma once
 
 #include <cublas_v2.h>
@@ -16,18 +17,31 @@ namespace lstmcore::cuda {
                            std::to_string(line) + ")");
 }
 
+// "cudaErrorMemoryAllocation: out of memory"; host-only lookups, usable without a GPU
+inline std::string describe_cuda_error(cudaError_t status) {
+  const char* name = cudaGetErrorName(status);
+  const char* text = cudaGetErrorString(status);
+  return std::string(name != nullptr ? name : "unknown cudaError_t") + " (" +
+         std::to_string(static_cast<int>(status)) +
+         "): " + (text != nullptr ? text : "no description");
+}
+
+// "CUBLAS_STATUS_INVALID_VALUE (7): an invalid value was used as an argument"; cuBLAS's own
+// texts (cublasGetStatusName/String are lookups: no handle or GPU needed)
+inline std::string describe_cublas_status(cublasStatus_t status) {
+  const char* name = cublasGetStatusName(status);
+  const char* text = cublasGetStatusString(status);
+  return std::string(name != nullptr ? name : "unknown cublasStatus_t") + " (" +
+         std::to_string(static_cast<int>(status)) +
+         "): " + (text != nullptr ? text : "no description");
+}
+
 inline void check_cuda(cudaError_t status, const char* call, const char* file, int line) {
-  if (status != cudaSuccess) {
-    fail(call, std::string(cudaGetErrorName(status)) + ": " + cudaGetErrorString(status), file,
-         line);
-  }
+  if (status != cudaSuccess) fail(call, describe_cuda_error(status), file, line);
 }
 
 inline void check_cublas(cublasStatus_t status, const char* call, const char* file, int line) {
-  if (status != CUBLAS_STATUS_SUCCESS) {
-    fail(call, std::string("cuBLAS status ") + std::to_string(static_cast<int>(status)), file,
-         line);
-  }
+  if (status != CUBLAS_STATUS_SUCCESS) fail(call, describe_cublas_status(status), file, line);
 }
 
 }  // namespace lstmcore::cuda

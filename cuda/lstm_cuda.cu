@@ -1,5 +1,6 @@
 // lstm_cuda.cu: LSTM forward/backward on the GPU: cuBLAS for the GEMMs, one fused pointwise
 // kernel per step calling the same cell math as the CPU (cpp/include/lstmcore/cell.h).
+#include <stdexcept>
 #include <string>
 
 #include "check.h"
@@ -47,13 +48,40 @@ __global__ void backward_cells_kernel(S* dgates_t, const S* gates_t, const S* c_
   dc[k] = d.dc_prev;
 }
 
+// one chunk of rows of kSumCols columns (see column_sum_plan in launch.h); block
+// (kSumCols, kSumRows), grid (column blocks, chunks); out (chunks, cols)
 template <typename S>
-__global__ void column_sum_kernel(S* out, const S* in, std::int64_t rows, std::int64_t cols) {
-  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= cols) return;
+__global__ void column_sum_kernel(S* out, const S* in, std::int64_t rows, std::int64_t cols,
+                                  std::int64_t chunk_rows) {
+  __shared__ S part[kSumRows][kSumCols + 1];  // +1: no bank conflicts along y
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * kSumCols + threadIdx.x;
+  const std::int64_t first = static_cast<std::int64_t>(blockIdx.y) * chunk_rows;
+  const std::int64_t end = first + chunk_rows < rows ? first + chunk_rows : rows;
   S sum = S(0);
-  for (std::int64_t r = 0; r < rows; ++r) sum += in[r * cols + c];
-  out[c] = sum;
+  if (c < cols) {
+    for (std::int64_t r = first + threadIdx.y; r < end; r += kSumRows) sum += in[r * cols + c];
+  }
+  part[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  for (int width = kSumRows / 2; width > 0; width /= 2) {  // a fixed tree over y
+    if (static_cast<int>(threadIdx.y) < width) {
+      part[threadIdx.y][threadIdx.x] += part[threadIdx.y + width][threadIdx.x];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.y == 0 && c < cols) {
+    out[static_cast<std::int64_t>(blockIdx.y) * cols + c] = part[0][threadIdx.x];
+  }
+}
+
+template <typename S>
+void launch_column_sum(const Context& ctx, S* out, const S* in, std::int64_t rows,
+                       std::int64_t cols, std::int64_t chunk_rows, std::int64_t chunks) {
+  const dim3 block(kSumCols, kSumRows);
+  const dim3 grid(static_cast<unsigned>((cols + kSumCols - 1) / kSumCols),
+                  static_cast<unsigned>(chunks));
+  column_sum_kernel<S><<<grid, block, 0, ctx.stream()>>>(out, in, rows, cols, chunk_rows);
+  CUDA_CHECK_LAUNCH();
 }
 
 void copy_or_zero(const Context& ctx, void* dst, const void* src, std::size_t bytes) {
@@ -81,35 +109,62 @@ int at_least_1(std::int64_t v) { return v < 1 ? 1 : static_cast<int>(v); }
 
 }  // namespace
 
-int device_count(const char** why) {
+std::string unusable_reason(cudaError_t status, int driver_version, int runtime_version) {
+  const auto version = [](int v) {
+    return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+  };
+  if (status == cudaErrorInsufficientDriver) {
+    if (driver_version == 0) {
+      return "no NVIDIA driver is loaded in this process (libcuda.so.1 was not found or did "
+             "not load): " + describe_cuda_error(status);
+    }
+    return "the NVIDIA driver supports CUDA " + version(driver_version) + ", older than the CUDA " +
+           version(runtime_version) + " runtime this module was built with: update the driver (" +
+           describe_cuda_error(status) + ")";
+  }
+  if (status == cudaErrorNoDevice) {
+    return "the NVIDIA driver (CUDA " + version(driver_version) + ") sees no CUDA device: " +
+           describe_cuda_error(status);
+  }
+  return "cudaGetDeviceCount failed: " + describe_cuda_error(status);
+}
+
+int device_count(std::string* why) {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess) {
-    *why = status == cudaErrorInsufficientDriver || status == cudaErrorNoDevice
-               ? "no NVIDIA driver or GPU is available to this process"
-               : cudaGetErrorString(status);
-    cudaGetLastError();  // clear the sticky error so later calls start clean
+    int driver = 0;
+    if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
+    *why = unusable_reason(status, driver, CUDART_VERSION);
+    cudaGetLastError();  // clear the error so later calls start clean
     return 0;
   }
-  if (count == 0) *why = "no CUDA device is visible";
+  if (count == 0) *why = "no CUDA device is visible (CUDA_VISIBLE_DEVICES?)";
   return count;
 }
 
 Context::Context(bool allow_tf32) {
-  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  CUBLAS_CHECK(cublasCreate(&handle_));
-  CUBLAS_CHECK(cublasSetStream(handle_, stream_));
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  stream_.reset(stream);
+  cublasHandle_t handle = nullptr;
+  CUBLAS_CHECK(cublasCreate(&handle));
+  handle_.reset(handle);
+  CUBLAS_CHECK(cublasSetStream(handle, stream));
   // TF32 off by default: float32 results must match the reference to 1e-5
-  CUBLAS_CHECK(cublasSetMathMode(handle_, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                     : CUBLAS_PEDANTIC_MATH));
+  CUBLAS_CHECK(cublasSetMathMode(handle, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                    : CUBLAS_PEDANTIC_MATH));
 }
 
-Context::~Context() {
-  if (handle_ != nullptr) cublasDestroy(handle_);
-  if (stream_ != nullptr) cudaStreamDestroy(stream_);
-}
+void Context::synchronize() const { CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
 
-void Context::synchronize() const { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+void* Context::scratch(std::size_t bytes) const {
+  if (bytes > scratch_.size()) {
+    // the old scratch may still be read by queued work: cudaFree waits for the device
+    scratch_.grow(bytes);
+  }
+  return scratch_.data();
+}
 
 template <typename T>
 DeviceBuffer<T>::~DeviceBuffer() {
@@ -119,10 +174,18 @@ DeviceBuffer<T>::~DeviceBuffer() {
 template <typename T>
 void DeviceBuffer<T>::grow(std::size_t count) {
   if (count <= size_) return;
-  if (ptr_ != nullptr) CUDA_CHECK(cudaFree(ptr_));
+  if (count > static_cast<std::size_t>(-1) / sizeof(T)) {
+    throw std::length_error("DeviceBuffer: " + std::to_string(count) + " elements overflow");
+  }
+  // forget the old block before freeing it: if cudaFree throws, the destructor never frees
+  // it a second time
+  T* old = ptr_;
   ptr_ = nullptr;
   size_ = 0;
-  CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), count * sizeof(T)));
+  if (old != nullptr) CUDA_CHECK(cudaFree(old));
+  T* fresh = nullptr;
+  CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&fresh), count * sizeof(T)));
+  ptr_ = fresh;
   size_ = count;
 }
 
@@ -164,8 +227,20 @@ void gemm(const Context& ctx, bool trans_a, bool trans_b, std::int64_t M, std::i
 template <typename S>
 void column_sum(const Context& ctx, S* out, const S* in, std::int64_t rows, std::int64_t cols) {
   if (cols == 0) return;
-  column_sum_kernel<S><<<blocks_for(cols), kThreads, 0, ctx.stream()>>>(out, in, rows, cols);
-  CUDA_CHECK_LAUNCH();
+  const SumPlan plan = column_sum_plan(rows);
+  if (plan.chunks == 0) {  // no rows: the sums are zero
+    CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<std::size_t>(cols) * sizeof(S),
+                               ctx.stream()));
+    return;
+  }
+  if (plan.chunks == 1) {
+    launch_column_sum<S>(ctx, out, in, rows, cols, plan.chunk_rows, 1);
+    return;
+  }
+  S* partial = static_cast<S*>(
+      ctx.scratch(static_cast<std::size_t>(plan.chunks * cols) * sizeof(S)));  // (chunks, cols)
+  launch_column_sum<S>(ctx, partial, in, rows, cols, plan.chunk_rows, plan.chunks);
+  launch_column_sum<S>(ctx, out, partial, plan.chunks, cols, plan.chunks, 1);
 }
 
 template <typename S>
@@ -222,6 +297,7 @@ void lstm_backward(const Context& ctx, const LstmGrads<S>& grads, S* dgates,
 template class DeviceBuffer<float>;
 template class DeviceBuffer<double>;
 template class DeviceBuffer<int>;
+template class DeviceBuffer<unsigned char>;
 #define LSTMCORE_INSTANTIATE(S)                                                                \
   template void gemm<S>(const Context&, bool, bool, std::int64_t, std::int64_t, std::int64_t, \
                         S, const S*, std::int64_t, const S*, std::int64_t, S, S*,              \

@@ -1,17 +1,17 @@
 // train_cuda.cu: the device-resident classifier trainer (see train_cuda.h).
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
 #include "check.h"
 #include "launch.h"
+#include "optim_cuda.h"
 #include "train_cuda.h"
 
 namespace lstmcore::cuda {
 namespace {
-
-constexpr int kReduceThreads = 1024;
 
 // out = a + b, n elements: the core takes torch's two biases as one, summed once per forward
 __global__ void add_kernel(float* out, const float* a, const float* b, std::int64_t n) {
@@ -55,73 +55,59 @@ __global__ void cross_entropy_kernel(float* dlogits, float* row_loss, float* row
   }
 }
 
-// one block: stats = [sum of grad^2, sum of row_loss, sum of row_correct], each summed in a
-// fixed order (strided partial sums, then a fixed tree): deterministic, no atomics
-__global__ void reduce_stats_kernel(double* stats, const float* grad, std::int64_t P,
-                                    const float* row_loss, const float* row_correct,
-                                    std::int64_t B) {
-  __shared__ double part[3][kReduceThreads];
-  double sq = 0.0, loss = 0.0, correct = 0.0;
-  for (std::int64_t k = threadIdx.x; k < P; k += blockDim.x) {
-    sq += static_cast<double>(grad[k]) * grad[k];
-  }
-  for (std::int64_t b = threadIdx.x; b < B; b += blockDim.x) {
-    loss += row_loss[b];
-    correct += row_correct[b];
-  }
-  part[0][threadIdx.x] = sq;
-  part[1][threadIdx.x] = loss;
-  part[2][threadIdx.x] = correct;
+// a fixed tree over part[0 .. kReduceThreads) of one block; the sum lands in part[0]
+__device__ void tree_sum(double* part) {
   __syncthreads();
-  for (unsigned width = blockDim.x / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) {
-      for (int q = 0; q < 3; ++q) part[q][threadIdx.x] += part[q][threadIdx.x + width];
-    }
+  for (int width = kReduceThreads / 2; width > 0; width /= 2) {
+    if (static_cast<int>(threadIdx.x) < width) part[threadIdx.x] += part[threadIdx.x + width];
     __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    for (int q = 0; q < 3; ++q) stats[q] = part[q][0];
   }
 }
 
-struct UpdateArgs {
-  float lr, weight_decay, momentum, beta1, beta2, eps, clip;
-  float bias_correction1, bias_correction2_sqrt;
-  int kind;   // 0 sgd, 1 adam, 2 adamw
-  int first;  // SGD: the first step sets the momentum buffer to the gradient
-};
+// level one of reduce_plan (launch.h): partial[block] = the sum of grad^2 over the block's
+// chunk, in float64
+__global__ void __launch_bounds__(kReduceThreads)
+    square_sum_kernel(double* partial, const float* grad, std::int64_t P, std::int64_t chunk) {
+  __shared__ double part[kReduceThreads];
+  const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * chunk;
+  const std::int64_t end = first + chunk < P ? first + chunk : P;
+  double sq = 0.0;
+  for (std::int64_t k = first + threadIdx.x; k < end; k += kReduceThreads) {
+    const double g = grad[k];
+    sq += g * g;
+  }
+  part[threadIdx.x] = sq;
+  tree_sum(part);
+  if (threadIdx.x == 0) partial[blockIdx.x] = part[0];
+}
 
-// torch's rules (see lstmcore.optim); the caller has already decided that the step is applied
+// level two, one block: stats = [sum of the partials (grad^2), sum of row_loss, sum of
+// row_correct], each in a fixed order (strided, then a fixed tree): deterministic
+__global__ void __launch_bounds__(kReduceThreads)
+    reduce_stats_kernel(double* stats, const double* partial, std::int64_t blocks,
+                        const float* row_loss, const float* row_correct, std::int64_t B) {
+  __shared__ double part[kReduceThreads];
+  double sums[3] = {0.0, 0.0, 0.0};
+  for (std::int64_t k = threadIdx.x; k < blocks; k += kReduceThreads) sums[0] += partial[k];
+  for (std::int64_t b = threadIdx.x; b < B; b += kReduceThreads) {
+    sums[1] += row_loss[b];
+    sums[2] += row_correct[b];
+  }
+  for (int q = 0; q < 3; ++q) {
+    part[threadIdx.x] = sums[q];
+    tree_sum(part);
+    if (threadIdx.x == 0) stats[q] = part[0];
+    __syncthreads();  // part[0] read before the next round overwrites it
+  }
+}
+
+// the optimizer step (optim_cuda.h: the CPU's rules, bit for bit); stats[0] is the sum of
+// squared gradients; the caller has already decided that the step is applied
 __global__ void update_kernel(float* p, float* m, float* v, const float* grad,
-                              const double* stats, std::int64_t P, UpdateArgs a) {
+                              const double* stats, std::int64_t P, UpdateRule rule) {
   const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= P) return;
-  const double norm = sqrt(stats[0]);
-  float g = grad[k];
-  if (a.clip > 0.0f) {
-    const double coef = a.clip / (norm + 1e-6);
-    if (coef < 1.0) g *= static_cast<float>(coef);
-  }
-  if (a.kind == 0) {
-    if (a.weight_decay != 0.0f) g += a.weight_decay * p[k];
-    if (a.momentum != 0.0f) {
-      m[k] = a.first ? g : a.momentum * m[k] + g;  // dampening 0
-      g = m[k];
-    }
-    p[k] -= a.lr * g;
-    return;
-  }
-  if (a.weight_decay != 0.0f) {
-    if (a.kind == 2) {
-      p[k] *= 1.0f - a.lr * a.weight_decay;
-    } else {
-      g += a.weight_decay * p[k];
-    }
-  }
-  m[k] = a.beta1 * m[k] + (1.0f - a.beta1) * g;
-  v[k] = a.beta2 * v[k] + (1.0f - a.beta2) * g * g;
-  const float denom = sqrtf(v[k]) / a.bias_correction2_sqrt + a.eps;
-  p[k] -= (a.lr / a.bias_correction1) * (m[k] / denom);
+  update_element(p[k], m[k], v[k], grad[k], sqrt(stats[0]), rule);
 }
 
 // batch-major (n, T, I) to time-major (T, n, I)
@@ -190,16 +176,27 @@ void check_layout(const std::vector<ParamSlot>& given, const std::vector<ParamSl
 struct Trainer::Impl {
   TrainerConfig cfg;
   Context ctx;
+  mutable std::mutex mutex;  // one call at a time (see Trainer)
   std::int64_t count = 0, P = 0, step = 0;
   std::int64_t last_batch = 0;  // of the last compute(); 0: nothing to apply
   // offsets into the flat parameter buffer (from param_layout)
   std::int64_t o_w_ih = 0, o_w_hh = 0, o_bias_ih = 0, o_bias_hh = 0, o_head_w = 0, o_head_b = 0;
-  DeviceBuffer<float> images, params, grads, m, v;
-  DeviceBuffer<float> bias;  // (4H,) bias_ih + bias_hh, what the core reads
-  DeviceBuffer<std::int32_t> labels, idx, predictions;
-  DeviceBuffer<float> x, gates, h_all, c_all, tanh_c, dgates, logits, dlogits, dh_n, dh0, dc0;
-  DeviceBuffer<float> row_loss, row_correct;
-  DeviceBuffer<double> stats;
+  ReducePlan reduce;             // the gradient norm's level one (launch.h)
+  DeviceBuffer<float> images;    // (count, T, I) the training set
+  DeviceBuffer<float> params, grads, m, v;  // (P,) each, laid out as param_layout
+  DeviceBuffer<float> bias;      // (4H,) bias_ih + bias_hh, what the core reads
+  DeviceBuffer<std::int32_t> labels;        // (count,)
+  DeviceBuffer<std::int32_t> idx, predictions;  // (max_batch,)
+  DeviceBuffer<float> x;         // (T, max_batch, I) time-major
+  DeviceBuffer<float> gates, dgates;         // (T, max_batch, 4H)
+  DeviceBuffer<float> h_all, c_all;          // (T+1, max_batch, H)
+  DeviceBuffer<float> tanh_c;                // (T, max_batch, H)
+  DeviceBuffer<float> logits, dlogits;       // (max_batch, C)
+  DeviceBuffer<float> dh_n, dh0, dc0;        // (max_batch, H)
+  DeviceBuffer<float> row_loss, row_correct;  // (max_batch,)
+  DeviceBuffer<float> staging;   // (max_batch, T, I) predict's batch-major upload
+  DeviceBuffer<double> partial;  // (reduce.blocks,) level one of the statistics
+  DeviceBuffer<double> stats;    // (3,) sum of grad^2, sum of losses, correct count
 
   explicit Impl(const TrainerConfig& c) : cfg(c), ctx(c.tf32) {}
 
@@ -210,6 +207,7 @@ struct Trainer::Impl {
     const auto I = static_cast<std::size_t>(cfg.input_size);
     const auto H = static_cast<std::size_t>(cfg.hidden), C = static_cast<std::size_t>(cfg.classes);
     x.grow(T * B * I);
+    staging.grow(B * T * I);
     gates.grow(T * B * 4 * H);
     dgates.grow(T * B * 4 * H);
     h_all.grow((T + 1) * B * H);
@@ -247,21 +245,38 @@ struct Trainer::Impl {
     gemm<float>(ctx, false, true, batch, C, H, 1.0f, h_n, H, p + o_head_w, H, 1.0f, logits.data(),
                 C);
   }
+
+  UpdateRule rule(double lr, std::int64_t t) const {
+    return make_update_rule(cfg.optimizer, lr, cfg.momentum, cfg.weight_decay, cfg.beta1,
+                            cfg.beta2, cfg.eps, cfg.clip, t, step == 0);
+  }
 };
 
 Trainer::Trainer(const TrainerConfig& cfg, const std::vector<ParamSlot>& layout,
                  const float* images, const std::int32_t* labels, std::int64_t count,
                  const float* params) {
-  // checked before the device is touched: a wrong layout costs nothing
+  // checked before the device is touched: a wrong layout or configuration costs nothing
   const std::vector<ParamSlot> expected = param_layout(cfg.input_size, cfg.hidden, cfg.classes);
   check_layout(layout, expected);
   if (cfg.optimizer != "adam" && cfg.optimizer != "adamw" && cfg.optimizer != "sgd") {
     throw std::invalid_argument("optimizer: expected adam, adamw or sgd, got " + cfg.optimizer);
   }
-  if (cfg.max_batch < 1 || count < 0) throw std::invalid_argument("max_batch must be >= 1");
-  impl_ = std::make_unique<Impl>(cfg);
-  Impl& s = *impl_;
-  check_dims(s.dims(cfg.max_batch));
+  if (cfg.max_batch < 1) {
+    throw std::invalid_argument("max_batch must be >= 1, got " + std::to_string(cfg.max_batch));
+  }
+  if (count < 0) throw std::invalid_argument("count must be >= 0, got " + std::to_string(count));
+  if (cfg.steps < 1 || cfg.input_size < 1 || cfg.hidden < 1 || cfg.classes < 1) {
+    throw std::invalid_argument("steps, input_size, hidden and classes must be >= 1");
+  }
+  if (!std::isfinite(cfg.clip) || cfg.clip < 0.0) {
+    throw std::invalid_argument("clip must be finite and >= 0");
+  }
+  (void)make_update_rule(cfg.optimizer, 0.0, cfg.momentum, cfg.weight_decay, cfg.beta1,
+                         cfg.beta2, cfg.eps, cfg.clip, 1, true);  // the CPU's checks
+  check_dims(Dims{cfg.steps, cfg.max_batch, cfg.input_size, cfg.hidden});
+  // every device resource below is owned by impl (RAII): a throw part way frees what was made
+  auto impl = std::make_unique<Impl>(cfg);
+  Impl& s = *impl;
   const std::int64_t I = cfg.input_size;
   s.o_w_ih = offset_of(expected, "lstm.weight_ih_l0");
   s.o_w_hh = offset_of(expected, "lstm.weight_hh_l0");
@@ -272,6 +287,7 @@ Trainer::Trainer(const TrainerConfig& cfg, const std::vector<ParamSlot>& layout,
   s.P = 0;
   for (const ParamSlot& slot : expected) s.P += slot.size;
   s.count = count;
+  s.reduce = reduce_plan(s.P);
   const auto P = static_cast<std::size_t>(s.P);
   cudaStream_t st = s.ctx.stream();
   s.images.upload(images, static_cast<std::size_t>(count * cfg.steps * I), st);
@@ -280,20 +296,26 @@ Trainer::Trainer(const TrainerConfig& cfg, const std::vector<ParamSlot>& layout,
   s.grads.grow(P);
   s.m.grow(P);
   s.v.grow(P);
+  CUDA_CHECK(cudaMemsetAsync(s.grads.data(), 0, P * sizeof(float), st));
   CUDA_CHECK(cudaMemsetAsync(s.m.data(), 0, P * sizeof(float), st));
   CUDA_CHECK(cudaMemsetAsync(s.v.data(), 0, P * sizeof(float), st));
+  s.partial.grow(static_cast<std::size_t>(s.reduce.blocks));
   s.stats.grow(3);
   s.bias.grow(static_cast<std::size_t>(4 * cfg.hidden));
   s.size_batch_buffers(cfg.max_batch);
   s.ctx.synchronize();
+  impl_ = std::move(impl);
 }
 
 Trainer::~Trainer() = default;
 
 std::int64_t Trainer::param_count() const { return impl_->P; }
+std::int64_t Trainer::steps() const { return impl_->cfg.steps; }
+std::int64_t Trainer::input_size() const { return impl_->cfg.input_size; }
 
 StepResult Trainer::compute(const std::int32_t* indices, std::int64_t batch) {
   Impl& s = *impl_;
+  const std::lock_guard<std::mutex> lock(s.mutex);
   if (batch < 1 || batch > s.cfg.max_batch) {
     throw std::invalid_argument("batch must be in [1, max_batch], got " + std::to_string(batch));
   }
@@ -304,6 +326,7 @@ StepResult Trainer::compute(const std::int32_t* indices, std::int64_t batch) {
   }
   const std::int64_t T = s.cfg.steps, I = s.cfg.input_size, H = s.cfg.hidden, C = s.cfg.classes;
   cudaStream_t st = s.ctx.stream();
+  s.last_batch = 0;  // until this compute() has finished: a failed one leaves nothing to apply
   s.idx.upload(indices, static_cast<std::size_t>(batch), st);
   gather_kernel<<<blocks_for(T * batch * I), kThreads, 0, st>>>(s.x.data(), s.images.data(),
                                                                s.idx.data(), T, batch, I);
@@ -333,8 +356,12 @@ StepResult Trainer::compute(const std::int32_t* indices, std::int64_t batch) {
                              static_cast<std::size_t>(4 * H) * sizeof(float),
                              cudaMemcpyDeviceToDevice, st));
 
-  reduce_stats_kernel<<<1, kReduceThreads, 0, st>>>(s.stats.data(), g, s.P, s.row_loss.data(),
-                                                     s.row_correct.data(), batch);
+  square_sum_kernel<<<static_cast<unsigned>(s.reduce.blocks), kReduceThreads, 0, st>>>(
+      s.partial.data(), g, s.P, s.reduce.chunk);
+  CUDA_CHECK_LAUNCH();
+  reduce_stats_kernel<<<1, kReduceThreads, 0, st>>>(s.stats.data(), s.partial.data(),
+                                                    s.reduce.blocks, s.row_loss.data(),
+                                                    s.row_correct.data(), batch);
   CUDA_CHECK_LAUNCH();
   double stats[3] = {0.0, 0.0, 0.0};
   s.stats.download(stats, 3, st);
@@ -347,42 +374,36 @@ StepResult Trainer::compute(const std::int32_t* indices, std::int64_t batch) {
   return r;
 }
 
-void Trainer::apply(float lr) {
+void Trainer::apply(double lr) {
   Impl& s = *impl_;
+  const std::lock_guard<std::mutex> lock(s.mutex);
   if (s.last_batch == 0) throw std::logic_error("Trainer.apply: no compute() to apply");
-  s.last_batch = 0;  // one update per computed gradient
-  cudaStream_t st = s.ctx.stream();
-  const TrainerConfig& c = s.cfg;
   const std::int64_t t = s.step + 1;
-  UpdateArgs a{};
-  a.lr = lr;
-  a.weight_decay = c.weight_decay;
-  a.momentum = c.momentum;
-  a.beta1 = c.beta1;
-  a.beta2 = c.beta2;
-  a.eps = c.eps;
-  a.clip = c.clip;
-  a.bias_correction1 = static_cast<float>(1.0 - std::pow(static_cast<double>(c.beta1), t));
-  a.bias_correction2_sqrt =
-      static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(c.beta2), t)));
-  a.kind = c.optimizer == "sgd" ? 0 : (c.optimizer == "adamw" ? 2 : 1);
-  a.first = s.step == 0 ? 1 : 0;
-  update_kernel<<<blocks_for(s.P), kThreads, 0, st>>>(s.params.data(), s.m.data(), s.v.data(),
-                                                       s.grads.data(), s.stats.data(), s.P, a);
+  const UpdateRule rule = s.rule(lr, t);  // throws (as the CPU does) for a non-finite lr
+  s.last_batch = 0;  // one update per computed gradient
+  update_kernel<<<blocks_for(s.P), kThreads, 0, s.ctx.stream()>>>(
+      s.params.data(), s.m.data(), s.v.data(), s.grads.data(), s.stats.data(), s.P, rule);
   CUDA_CHECK_LAUNCH();
   s.step = t;  // stream order: the next compute() sees the updated parameters
 }
 
-void Trainer::predict(const float* images, std::int64_t count, std::int32_t* out) {
+void Trainer::predict(const float* images, std::int64_t count, std::int64_t steps,
+                      std::int64_t input_size, std::int32_t* out) {
   Impl& s = *impl_;
+  const std::lock_guard<std::mutex> lock(s.mutex);
   const std::int64_t T = s.cfg.steps, I = s.cfg.input_size, chunk = s.cfg.max_batch;
+  if (steps != T || input_size != I || count < 0) {
+    throw std::invalid_argument("images: expected (N, " + std::to_string(T) + ", " +
+                                std::to_string(I) + ") as in training, got (" +
+                                std::to_string(count) + ", " + std::to_string(steps) + ", " +
+                                std::to_string(input_size) + ")");
+  }
   cudaStream_t st = s.ctx.stream();
-  DeviceBuffer<float> staging(static_cast<std::size_t>(chunk * T * I));
   for (std::int64_t start = 0; start < count; start += chunk) {
     const std::int64_t n = std::min(chunk, count - start);
-    staging.upload(images + start * T * I, static_cast<std::size_t>(n * T * I), st);
-    to_time_major_kernel<<<blocks_for(T * n * I), kThreads, 0, st>>>(s.x.data(), staging.data(),
-                                                                    T, n, I);
+    s.staging.upload(images + start * T * I, static_cast<std::size_t>(n * T * I), st);
+    to_time_major_kernel<<<blocks_for(T * n * I), kThreads, 0, st>>>(s.x.data(),
+                                                                    s.staging.data(), T, n, I);
     CUDA_CHECK_LAUNCH();
     s.forward(n);
     argmax_kernel<<<blocks_for(n), kThreads, 0, st>>>(s.predictions.data(), s.logits.data(), n,
@@ -394,16 +415,25 @@ void Trainer::predict(const float* images, std::int64_t count, std::int32_t* out
 }
 
 void Trainer::get_params(float* host) const {
+  const std::lock_guard<std::mutex> lock(impl_->mutex);
   impl_->params.download(host, static_cast<std::size_t>(impl_->P), impl_->ctx.stream());
   impl_->ctx.synchronize();
 }
 
+void Trainer::get_grads(float* host) const {
+  const std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->grads.download(host, static_cast<std::size_t>(impl_->P), impl_->ctx.stream());
+  impl_->ctx.synchronize();
+}
+
 void Trainer::set_params(const float* host) {
+  const std::lock_guard<std::mutex> lock(impl_->mutex);
   impl_->params.upload(host, static_cast<std::size_t>(impl_->P), impl_->ctx.stream());
   impl_->ctx.synchronize();
 }
 
 void Trainer::get_state(float* m, float* v, std::int64_t* step) const {
+  const std::lock_guard<std::mutex> lock(impl_->mutex);
   const auto P = static_cast<std::size_t>(impl_->P);
   impl_->m.download(m, P, impl_->ctx.stream());
   impl_->v.download(v, P, impl_->ctx.stream());
@@ -412,11 +442,14 @@ void Trainer::get_state(float* m, float* v, std::int64_t* step) const {
 }
 
 void Trainer::set_state(const float* m, const float* v, std::int64_t step) {
+  if (step < 0) throw std::invalid_argument("step must be >= 0, got " + std::to_string(step));
+  const std::lock_guard<std::mutex> lock(impl_->mutex);
   const auto P = static_cast<std::size_t>(impl_->P);
   impl_->m.upload(m, P, impl_->ctx.stream());
   impl_->v.upload(v, P, impl_->ctx.stream());
   impl_->ctx.synchronize();
   impl_->step = step;
+  impl_->last_batch = 0;  // a new state: the old gradients are not applied to it
 }
 
 }  // namespace lstmcore::cuda

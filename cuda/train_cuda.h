@@ -25,8 +25,10 @@ namespace lstmcore::cuda {
 struct TrainerConfig {
   std::int64_t steps = 28, input_size = 28, hidden = 128, classes = 10, max_batch = 128;
   std::string optimizer = "adam";  // adam, adamw or sgd
-  float momentum = 0.0f, weight_decay = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
-  float clip = 0.0f;  // 0: no clipping
+  // in double, as the host optimizer holds them (Python floats): the update's scalars are
+  // formed from these exactly as the CPU forms them (optim_cuda.h)
+  double momentum = 0.0, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double clip = 0.0;  // max gradient norm; 0: no clipping
   bool tf32 = false;
 };
 
@@ -49,6 +51,7 @@ std::vector<ParamSlot> param_layout(std::int64_t input_size, std::int64_t hidden
 // std::invalid_argument naming the first slot where `given` differs from `expected`.
 void check_layout(const std::vector<ParamSlot>& given, const std::vector<ParamSlot>& expected);
 
+// Every method takes a per-trainer lock: calls from several threads take turns.
 class Trainer {
  public:
   // `layout` is the caller's order of `params`; it must equal param_layout(cfg)
@@ -59,12 +62,19 @@ class Trainer {
   Trainer& operator=(const Trainer&) = delete;
 
   std::int64_t param_count() const;
+  std::int64_t steps() const;       // T of the training set
+  std::int64_t input_size() const;  // I of the training set
   // loss, correct-count and gradients of the batch `indices`; changes no parameter
   StepResult compute(const std::int32_t* indices, std::int64_t batch);
   // the optimizer update from the last compute()'s gradients (clipped by their norm)
-  void apply(float lr);
-  void predict(const float* images, std::int64_t count, std::int32_t* out);
+  void apply(double lr);
+  // argmax of the logits of images (count, steps, input_size); std::invalid_argument unless
+  // (steps, input_size) is the training shape
+  void predict(const float* images, std::int64_t count, std::int64_t steps,
+               std::int64_t input_size, std::int32_t* out);
   void get_params(float* host) const;
+  // the last compute()'s gradients (before clipping), laid out as the parameters
+  void get_grads(float* host) const;
   void set_params(const float* host);
   // m: Adam's first moment or SGD's momentum buffer; v: Adam's second moment
   void get_state(float* m, float* v, std::int64_t* step) const;
