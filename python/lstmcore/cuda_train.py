@@ -6,7 +6,13 @@ the device on start and resume (``push``).
 The device trains one unidirectional LSTM layer with torch's parameters, the host model's own
 names and order (``lstm.weight_ih_l0``, ``lstm.weight_hh_l0``, ``lstm.bias_ih_l0``,
 ``lstm.bias_hh_l0``, ``head.weight``, ``head.bias``): the two biases are summed for the core
-on the device and both receive the sum's gradient, so a GPU step is the CPU step."""
+on the device and both receive the sum's gradient, so clipping, Adam/AdamW/SGD and weight
+decay see what the CPU sees. The update itself is the CPU's arithmetic: its scalars are formed
+in double on the host exactly as the CPU forms them and every float operation rounds once, as
+on the CPU (cuda/optim_cuda.h), so from the same gradients a GPU update gives the CPU's bits
+(denormals aside: the CPU flushes them). The gradients themselves differ from the CPU's in the
+last bits (cuBLAS and OpenBLAS sum in different orders, about 1e-6 relative in float32), and
+those differences compound over steps."""
 
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ class CudaSession:
         self.layout = param_layout(model.params)
         self.names = [name for name, _ in self.layout]
         self.sizes = [size for _, size in self.layout]
+        self.shapes = [model.params[name].shape for name in self.names]
         if isinstance(opt, optim.Adam):
             kind = "adamw" if opt.decoupled else "adam"
             beta1, beta2, eps, momentum = opt.betas[0], opt.betas[1], opt.eps, 0.0
@@ -97,7 +104,14 @@ class CudaSession:
 
     def apply(self, lr: float) -> None:
         """The optimizer update from the last :meth:`compute`'s gradients."""
-        self.trainer.apply(lr)
+        self.trainer.apply(float(lr))
+
+    def grads(self) -> dict[str, Array]:
+        """The last :meth:`compute`'s gradients (before clipping), by parameter name, in the
+        parameters' shapes."""
+        split = self._split(self.trainer.get_grads())
+        pairs = zip(self.names, self.shapes, strict=True)
+        return {name: split[name].reshape(shape) for name, shape in pairs}
 
     def predict(self, images: Array) -> NDArray[np.int64]:
         return np.asarray(
