@@ -1,0 +1,310 @@
+"""The custom operators under :class:`lstmcore.torch.LSTM`: one LSTM cell (one layer, one
+direction) over the whole sequence, as ``torch.library.custom_op`` so that autograd,
+``torch.compile`` and ``torch.export`` see one opaque operator each.
+
+Shapes (time-major, as :mod:`lstmcore.ops`): x (T, B, I); h0, c0 (B, H) or None (zeros);
+w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or None (no bias); lengths (B,) int64 in [1, T]
+or None (every row runs every step); y (T, B, H); h_n, c_n (B, H).
+
+- ``lstmcore::lstm(...) -> (y, h_n, c_n, saved)``: the training forward. ``saved`` is a (1,)
+  int64 tensor naming what the core kept for backward (the gates of every step); the memory
+  behind it owns that state, so the state lives exactly as long as autograd (or a compiled
+  graph) holds the tensor, and goes when the graph is freed.
+- ``lstmcore::lstm_backward(saved, x, w_ih, w_hh, dy, dh_n, dc_n, need_dx)
+  -> (dx, dh0, dc0, dw_ih, dw_hh, dbias)``: its gradients (dx is empty when not needed). x
+  and the weights are arguments so that autograd checks their version counters and a
+  compiler keeps them alive: the core reads them in backward without a copy.
+- ``lstmcore::lstm_inference(...) -> (y, h_n, c_n)``: no gradients; the core keeps nothing.
+
+Tensors reach the core without copies where they are contiguous (``Tensor.numpy()`` views);
+the core releases the GIL while it computes, with ``torch.get_num_threads()`` threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+import lstmcore
+from lstmcore import ops
+
+__all__ = ["PRECISIONS", "lstm", "lstm_backward", "lstm_inference"]
+
+PRECISIONS = ("fp32", "bf16")  # the ops' precision argument: lstmcore.ops's names
+
+_CELL_ARGS = (
+    "Tensor x, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+    "Tensor? lengths, bool reverse, str precision"
+)
+
+
+class _Saved(np.ndarray):  # type: ignore[type-arg, unused-ignore]
+    """The (1,) int64 key of one training forward, carrying that forward's ``LstmContext``.
+    ``torch.from_numpy`` makes torch's storage hold this array, so the context is freed with
+    the last tensor that shares the storage (whatever views or saved copies autograd makes)."""
+
+    ctx: ops.LstmContext
+
+
+# key -> its _Saved array while any tensor still holds it
+_LIVE: weakref.WeakValueDictionary[int, _Saved] = weakref.WeakValueDictionary()
+_KEYS = itertools.count(1)
+
+
+def _array(t: Tensor | None) -> NDArray[Any] | None:
+    """A NumPy view of a CPU tensor (no copy; lstmcore.ops copies once if it is strided)."""
+    return None if t is None else t.detach().numpy()
+
+
+def _sync_threads() -> None:
+    """The core follows torch's thread count, as torch's own LSTM would."""
+    n = torch.get_num_threads()
+    if n != lstmcore.get_num_threads():
+        lstmcore.set_num_threads(n)
+
+
+def _core_forward(
+    x: Tensor,
+    h0: Tensor | None,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+    reverse: bool,
+    precision: str,
+    for_backward: bool,
+) -> tuple[Tensor, Tensor, Tensor, ops.LstmContext]:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    _sync_threads()
+    w = w_hh.detach().numpy()
+    if b_ih is None or b_hh is None:  # bias=False: both absent
+        bias = np.zeros(w.shape[0], dtype=w.dtype)
+    else:
+        bias = b_ih.detach().numpy() + b_hh.detach().numpy()  # (4H,): the core's one bias
+    y, h_n, c_n, ctx = ops.lstm_forward(
+        x.detach().numpy(),
+        _array(h0),
+        _array(c0),
+        w_ih.detach().numpy(),
+        w,
+        bias,
+        reverse=reverse,
+        lengths=None if lengths is None else lengths.numpy(),
+        for_backward=for_backward,
+        precision=None if precision == "fp32" else precision,
+    )
+    assert y is not None
+    return torch.from_numpy(y), torch.from_numpy(h_n), torch.from_numpy(c_n), ctx
+
+
+def _fake_outputs(x: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[1]
+    return x.new_empty(steps, batch, hidden), x.new_empty(batch, hidden), x.new_empty(batch, hidden)
+
+
+@torch.library.custom_op(
+    "lstmcore::lstm",
+    mutates_args=(),
+    schema=f"({_CELL_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)",
+)  # type: ignore[untyped-decorator, unused-ignore]
+def lstm(
+    x: Tensor,
+    h0: Tensor | None,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+    reverse: bool,
+    precision: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The training forward of one cell: (y, h_n, c_n, saved); see the module docstring."""
+    y, h_n, c_n, ctx = _core_forward(
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, precision, True
+    )
+    key = next(_KEYS)
+    saved = np.array([key], dtype=np.int64).view(_Saved)
+    saved.ctx = ctx
+    _LIVE[key] = saved
+    return y, h_n, c_n, torch.from_numpy(saved)
+
+
+@lstm.register_fake  # type: ignore[untyped-decorator, unused-ignore]
+def _lstm_fake(
+    x: Tensor,
+    h0: Tensor | None,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+    reverse: bool,
+    precision: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    y, h_n, c_n = _fake_outputs(x, w_hh)
+    return y, h_n, c_n, x.new_empty(1, dtype=torch.int64)
+
+
+@torch.library.custom_op(
+    "lstmcore::lstm_inference",
+    mutates_args=(),
+    schema=f"({_CELL_ARGS}) -> (Tensor, Tensor, Tensor)",
+)  # type: ignore[untyped-decorator, unused-ignore]
+def lstm_inference(
+    x: Tensor,
+    h0: Tensor | None,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+    reverse: bool,
+    precision: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward of one cell with nothing kept for backward: (y, h_n, c_n)."""
+    y, h_n, c_n, _ = _core_forward(
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, precision, False
+    )
+    return y, h_n, c_n
+
+
+@lstm_inference.register_fake  # type: ignore[untyped-decorator, unused-ignore]
+def _lstm_inference_fake(
+    x: Tensor,
+    h0: Tensor | None,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+    reverse: bool,
+    precision: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _fake_outputs(x, w_hh)
+
+
+@torch.library.custom_op(
+    "lstmcore::lstm_backward",
+    mutates_args=(),
+    schema=(
+        "(Tensor saved, Tensor x, Tensor w_ih, Tensor w_hh, Tensor? dy, Tensor? dh_n, "
+        "Tensor? dc_n, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    ),
+)  # type: ignore[untyped-decorator, unused-ignore]
+def lstm_backward(
+    saved: Tensor,
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    dy: Tensor | None,
+    dh_n: Tensor | None,
+    dc_n: Tensor | None,
+    need_dx: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dh0, dc0, dw_ih, dw_hh, dbias) of the training forward named by ``saved``; dx
+    is an empty tensor when ``need_dx`` is False. None gradients mean zeros."""
+    entry = _LIVE.get(int(saved[0]))
+    if entry is None:
+        raise RuntimeError(
+            "lstmcore::lstm_backward: the forward pass's saved state is gone (its graph was "
+            "freed); run the forward pass again"
+        )
+    _sync_threads()
+    dx, dh0, dc0, dw_ih, dw_hh, dbias = ops.lstm_backward(
+        entry.ctx, _array(dy), _array(dh_n), _array(dc_n), need_dx=need_dx
+    )
+    dx_t = torch.from_numpy(dx) if dx is not None else x.new_empty(0)
+    return (
+        dx_t,
+        torch.from_numpy(dh0),
+        torch.from_numpy(dc0),
+        torch.from_numpy(dw_ih),
+        torch.from_numpy(dw_hh),
+        torch.from_numpy(dbias),
+    )
+
+
+@lstm_backward.register_fake  # type: ignore[untyped-decorator, unused-ignore]
+def _lstm_backward_fake(
+    saved: Tensor,
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    dy: Tensor | None,
+    dh_n: Tensor | None,
+    dc_n: Tensor | None,
+    need_dx: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    batch, hidden = x.shape[1], w_hh.shape[1]
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    return (
+        dx,
+        x.new_empty(batch, hidden),
+        x.new_empty(batch, hidden),
+        torch.empty_like(w_ih),
+        torch.empty_like(w_hh),
+        w_hh.new_empty(w_hh.shape[0]),
+    )
+
+
+def _lstm_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, w_ih, w_hh = inputs[0], inputs[3], inputs[4]
+    ctx.save_for_backward(output[3], x, w_ih, w_hh)
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: zeros to the core
+
+
+def _lstm_grad(
+    ctx: Any, dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None, _dsaved: Any
+) -> tuple[Tensor | None, ...]:
+    saved, x, w_ih, w_hh = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dx, dh0, dc0, dw_ih, dw_hh, dbias = lstm_backward(
+        saved, x, w_ih, w_hh, dy, dh_n, dc_n, bool(need[0])
+    )
+    # the two biases enter as a sum: equal gradients, but separate tensors (an in-place
+    # clip of one must not scale the other)
+    db_hh = dbias.clone() if need[5] and need[6] else dbias
+    return (
+        dx if need[0] else None,
+        dh0 if need[1] else None,
+        dc0 if need[2] else None,
+        dw_ih if need[3] else None,
+        dw_hh if need[4] else None,
+        dbias if need[5] else None,
+        db_hh if need[6] else None,
+        None,
+        None,
+        None,
+    )
+
+
+lstm.register_autograd(_lstm_grad, setup_context=_lstm_setup_context)
+
+
+def _no_double_backward(ctx: Any, *grads: Any) -> tuple[None, ...]:
+    raise RuntimeError(
+        "lstmcore.torch.LSTM: double backward is not supported: its gradients are not "
+        "differentiable (create_graph=True works, differentiating the gradients it made does "
+        "not); use torch.nn.LSTM where second derivatives are needed"
+    )
+
+
+def _no_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    return None
+
+
+# create_graph=True works for first-order gradients; differentiating them raises the above
+lstm_backward.register_autograd(_no_double_backward, setup_context=_no_setup)
