@@ -202,7 +202,7 @@ def test_shift_beyond_the_digits_margin_is_a_usage_error(value: str) -> None:
 
 # ---- the progress bar ------------------------------------------------------------------------
 
-TIMING = re.compile(r"\d+ samples/s +[\d.]+s$")  # the measured part of an epoch line
+TIMING = re.compile(r"\d+ samples/s +[\d.]+s  eta \S+$")  # the measured part of an epoch line
 
 
 def test_progress_bar_only_on_a_terminal_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:

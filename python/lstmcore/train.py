@@ -26,11 +26,13 @@ import lstmcore
 from lstmcore import checkpoint, data
 from lstmcore.model import TASKS
 from lstmcore.run import (
+    CHECKPOINT_SECONDS,
     MAX_SHIFT,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
     SETTINGS,
+    TASK_DEFAULTS,
     Config,
     ConfigError,
     Reporter,
@@ -38,6 +40,7 @@ from lstmcore.run import (
     RunError,
     Setting,
     TrainingError,
+    flag,
     unsupported_on_device,
 )
 
@@ -73,11 +76,27 @@ def one_of(options: tuple[str, ...]) -> str:
 MAX_THREADS = max(64, os.cpu_count() or 1)
 
 
+def positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not 0 < value <= 10**6:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected minutes in (0, 1e6], got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Config()
+    recipes = "; ".join(
+        f"--task {task}: " + (", ".join(f"{flag(k)} {v}" for k, v in values.items()) or "as shown")
+        for task, values in TASK_DEFAULTS.items()
+    )
     p = argparse.ArgumentParser(
         prog="python -m lstmcore.train",
         description="Train the row-by-row MNIST LSTM (28 steps of 28 pixels) with lstmcore.",
+        epilog=f"Each task has its own recipe, used for every flag not given ({recipes}); "
+        "the defaults shown are the rows task's.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -246,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the run already in --out (without it, an existing run is refused)",
     )
+    p.add_argument(
+        "--patience",
+        type=of("patience"),
+        default=d.patience,
+        help="stop once validation accuracy has not improved for N epochs (0: off)",
+    )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=positive_minutes,
+        default=CHECKPOINT_SECONDS / 60,
+        help="save last.npz within an epoch at least this often: a resume after a kill "
+        "loses at most that much training",
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final result")
     p.add_argument(
         "--progress",
@@ -299,8 +331,13 @@ def given_flags(argv: list[str] | None) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, given: set[str]) -> Config:
+    """The new run's Config: the flags given, else the task's own recipe (TASK_DEFAULTS),
+    else Config's defaults."""
     values = {k: getattr(args, k) for k in asdict(Config()) if hasattr(args, k)}
+    for name, value in TASK_DEFAULTS[args.task].items():
+        if name not in given:
+            values[name] = value
     if values.get("shift") is None:
         # the GPU keeps the training set on the device: no per-batch augmentation there
         values["shift"] = 0 if args.device == "cuda" else Config().shift
@@ -316,11 +353,12 @@ def open_run(args: argparse.Namespace, given: set[str]) -> Run:
         settings = {k: getattr(args, k) for k in given if k in asdict(Config())}
         return Run.resume(Path(args.resume), settings=settings, **options)
     run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    return Run.create(config_from_args(args), run_dir, overwrite=args.overwrite, **options)
+    return Run.create(config_from_args(args, given), run_dir, overwrite=args.overwrite, **options)
 
 
 def train(args: argparse.Namespace, given: set[str]) -> int:
     with open_run(args, given) as run:
+        run.checkpoint_seconds = 60.0 * args.checkpoint_minutes
         interrupt = _Interrupt()
         previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
         try:
@@ -349,20 +387,21 @@ def train(args: argparse.Namespace, given: set[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    given = given_flags(argv)
     problem = None
     if args.device == "cuda" and args.shift:
         problem = "--shift needs --device cpu (the GPU path keeps the training set on the device)"
     if problem is None:
         # a new run's model is checked here, before any work; a resumed one when its config is
         # read
-        problem = check_device(args.device, None if args.resume else config_from_args(args))
+        problem = check_device(args.device, None if args.resume else config_from_args(args, given))
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 1
     if args.threads is not None:
         lstmcore.set_num_threads(args.threads)
     try:
-        return train(args, given_flags(argv))
+        return train(args, given)
     except (
         ConfigError,
         RunError,
