@@ -19,6 +19,7 @@
 # that environment: the carried wheels and lstmcore go into a folder of their own
 # (--target, on PYTHONPATH), which also works when python3 is itself a virtual environment
 # (a venv made from one with --system-site-packages would not see its packages).
+# shellcheck disable=SC2317  # the stage functions run through run_stage (bash -c)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 repo=$PWD
@@ -70,7 +71,7 @@ run_stage() {
   ((limit > remaining)) && limit=$remaining
   say "==== stage $name (limit ${limit} s) $(date -u +%H:%M:%S)"
   begin=$(date +%s)
-  export -f "$fn"
+  export -f "${fn?}"
   timeout --kill-after=5 "$limit" bash -c "$fn" >>"$log" 2>&1
   rc=$?
   took=$(($(date +%s) - begin))
@@ -139,7 +140,8 @@ for dir in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda; do
 done
 if [[ -n $nvcc ]]; then
   export CUDACXX=$nvcc
-  export PATH=$(dirname "$nvcc"):$PATH
+  PATH=$(dirname "$nvcc"):$PATH
+  export PATH
 fi
 sanitizer=$(command -v compute-sanitizer || true)
 [[ -z $sanitizer && -n $nvcc && -x $(dirname "$nvcc")/compute-sanitizer ]] &&
@@ -150,7 +152,7 @@ sanitizer=$(command -v compute-sanitizer || true)
   echo "python: $(command -v "$py") ($("$py" -c 'import sys; print(sys.version.split()[0])' 2>&1))"
   echo "nvcc: ${nvcc:-not found} $([[ -n $nvcc ]] && "$nvcc" --version | tail -n 1)"
   echo "compute-sanitizer: ${sanitizer:-not found}"
-  echo "wheels: $wheels: $(ls "$wheels" 2>/dev/null | tr '\n' ' ')"
+  echo "wheels: $wheels: $(cd "$wheels" 2>/dev/null && printf '%s ' *.whl)"
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
       --format=csv,noheader 2>&1
@@ -186,11 +188,12 @@ if missing:
 EOF
   local -a carried=("$wheels"/scipy_openblas32-*.whl "$wheels"/platformdirs-*.whl)
   # pybind11 and scikit-build-core only where the machine's own are missing or too old
+  local project least file
   for spec in "pybind11 3 pybind11" "scikit-build-core 0.10 scikit_build_core"; do
-    set -- $spec
-    if ! "$py" -c "import importlib.metadata as m, sys; from packaging.version import Version as V; sys.exit(V(m.version('$1')) < V('$2'))" 2>/dev/null; then
-      carried+=("$wheels"/"$3"-*.whl)
-      echo "carried: $1 (the machine's is missing or older than $2)"
+    read -r project least file <<<"$spec"
+    if ! "$py" -c "import importlib.metadata as m, sys; from packaging.version import Version as V; sys.exit(V(m.version('$project')) < V('$least'))" 2>/dev/null; then
+      carried+=("$wheels"/"$file"-*.whl)
+      echo "carried: $project (the machine's is missing or older than $least)"
     fi
   done
   for whl in "${carried[@]}"; do
