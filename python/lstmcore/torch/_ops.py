@@ -7,9 +7,9 @@ w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or None (no bias); lengths (B,) int
 or None (every row runs every step); y (T, B, H); h_n, c_n (B, H).
 
 - ``lstmcore::lstm(...) -> (y, h_n, c_n, saved)``: the training forward. ``saved`` is a (1,)
-  int64 tensor naming what the core kept for backward (the gates of every step); the memory
-  behind it owns that state, so the state lives exactly as long as autograd (or a compiled
-  graph) holds the tensor, and goes when the graph is freed.
+  int64 tensor (a zero) whose memory owns what the core kept for backward (the gates of
+  every step), found again by its address: the state lives exactly as long as autograd (or a
+  compiled graph) holds the tensor, and goes when the graph is freed.
 - ``lstmcore::lstm_backward(saved, x, w_ih, w_hh, dy, dh_n, dc_n, need_dx)
   -> (dx, dh0, dc0, dw_ih, dw_hh, dbias)``: its gradients (dx is empty when not needed). x
   and the weights are arguments so that autograd checks their version counters and a
@@ -22,7 +22,6 @@ the core releases the GIL while it computes, with ``torch.get_num_threads()`` th
 
 from __future__ import annotations
 
-import itertools
 import weakref
 from typing import Any
 
@@ -45,16 +44,18 @@ _CELL_ARGS = (
 
 
 class _Saved(np.ndarray):  # type: ignore[type-arg, unused-ignore]
-    """The (1,) int64 key of one training forward, carrying that forward's ``LstmContext``.
-    ``torch.from_numpy`` makes torch's storage hold this array, so the context is freed with
-    the last tensor that shares the storage (whatever views or saved copies autograd makes)."""
+    """A (1,) int64 zero that carries one training forward's ``LstmContext``. Through
+    ``torch.from_numpy`` torch's storage holds this array, so the context is freed with the
+    last tensor sharing that storage (whatever views or saved copies autograd makes); its
+    data address names it. The value is a constant so that the operator's outputs are a
+    function of its inputs (``torch.library.opcheck`` compares them across runs)."""
 
     ctx: ops.LstmContext
 
 
-# key -> its _Saved array while any tensor still holds it
+# data address -> its _Saved array, while any tensor still holds it (the entry goes before the
+# array's memory is freed, so a reused address never finds a stale context)
 _LIVE: weakref.WeakValueDictionary[int, _Saved] = weakref.WeakValueDictionary()
-_KEYS = itertools.count(1)
 
 
 def _array(t: Tensor | None) -> NDArray[Any] | None:
@@ -132,10 +133,9 @@ def lstm(
     y, h_n, c_n, ctx = _core_forward(
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, precision, True
     )
-    key = next(_KEYS)
-    saved = np.array([key], dtype=np.int64).view(_Saved)
+    saved = np.zeros(1, dtype=np.int64).view(_Saved)
     saved.ctx = ctx
-    _LIVE[key] = saved
+    _LIVE[saved.ctypes.data] = saved
     return y, h_n, c_n, torch.from_numpy(saved)
 
 
@@ -216,7 +216,7 @@ def lstm_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dh0, dc0, dw_ih, dw_hh, dbias) of the training forward named by ``saved``; dx
     is an empty tensor when ``need_dx`` is False. None gradients mean zeros."""
-    entry = _LIVE.get(int(saved[0]))
+    entry = _LIVE.get(saved.data_ptr())
     if entry is None:
         raise RuntimeError(
             "lstmcore::lstm_backward: the forward pass's saved state is gone (its graph was "
@@ -249,13 +249,14 @@ def _lstm_backward_fake(
     need_dx: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     batch, hidden = x.shape[1], w_hh.shape[1]
-    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    # contiguous, as the core returns them (empty_like would copy a strided x's layout)
+    dx = x.new_empty(x.shape) if need_dx else x.new_empty(0)
     return (
         dx,
         x.new_empty(batch, hidden),
         x.new_empty(batch, hidden),
-        torch.empty_like(w_ih),
-        torch.empty_like(w_hh),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
         w_hh.new_empty(w_hh.shape[0]),
     )
 
@@ -266,18 +267,37 @@ def _lstm_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor,
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None: zeros to the core
 
 
+_DOUBLE_BACKWARD = (
+    "lstmcore.torch.LSTM: double backward is not supported: its gradients are not "
+    "differentiable (create_graph=True works, differentiating the gradients it made does "
+    "not); use torch.nn.LSTM where second derivatives are needed"
+)
+
+
+def _undifferentiable(grads: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+    """``grads`` behind a node that raises _DOUBLE_BACKWARD when differentiated (torch's own
+    ``once_differentiable`` mechanism, with lstmcore's message)."""
+    present = [g.detach().requires_grad_() for g in grads if g is not None]
+    delayed: Any = torch._C._functions.DelayedError(_DOUBLE_BACKWARD.encode(), len(present))
+    out = delayed(*present)
+    wrapped = iter(out if isinstance(out, tuple) else (out,))
+    return tuple(None if g is None else next(wrapped) for g in grads)
+
+
 def _lstm_grad(
     ctx: Any, dy: Tensor | None, dh_n: Tensor | None, dc_n: Tensor | None, _dsaved: Any
 ) -> tuple[Tensor | None, ...]:
     saved, x, w_ih, w_hh = ctx.saved_tensors
     need = ctx.needs_input_grad
-    dx, dh0, dc0, dw_ih, dw_hh, dbias = lstm_backward(
-        saved, x, w_ih, w_hh, dy, dh_n, dc_n, bool(need[0])
-    )
-    # the two biases enter as a sum: equal gradients, but separate tensors (an in-place
-    # clip of one must not scale the other)
-    db_hh = dbias.clone() if need[5] and need[6] else dbias
-    return (
+    create_graph = torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    with torch.no_grad():
+        dx, dh0, dc0, dw_ih, dw_hh, dbias = lstm_backward(
+            saved, x, w_ih, w_hh, dy, dh_n, dc_n, bool(need[0])
+        )
+        # the two biases enter as a sum: equal gradients, but separate tensors (an in-place
+        # clip of one must not scale the other)
+        db_hh = dbias.clone() if need[5] and need[6] else dbias
+    grads = (
         dx if need[0] else None,
         dh0 if need[1] else None,
         dc0 if need[2] else None,
@@ -285,26 +305,10 @@ def _lstm_grad(
         dw_hh if need[4] else None,
         dbias if need[5] else None,
         db_hh if need[6] else None,
-        None,
-        None,
-        None,
     )
+    if create_graph:  # backward(create_graph=True): first-order gradients, then the error
+        grads = _undifferentiable(grads)
+    return (*grads, None, None, None)
 
 
 lstm.register_autograd(_lstm_grad, setup_context=_lstm_setup_context)
-
-
-def _no_double_backward(ctx: Any, *grads: Any) -> tuple[None, ...]:
-    raise RuntimeError(
-        "lstmcore.torch.LSTM: double backward is not supported: its gradients are not "
-        "differentiable (create_graph=True works, differentiating the gradients it made does "
-        "not); use torch.nn.LSTM where second derivatives are needed"
-    )
-
-
-def _no_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-    return None
-
-
-# create_graph=True works for first-order gradients; differentiating them raises the above
-lstm_backward.register_autograd(_no_double_backward, setup_context=_no_setup)
