@@ -288,7 +288,7 @@ def test_the_gpu_adam_rule_is_the_cpus_bit_for_bit(
         np.testing.assert_array_equal(v, opt.state["exp_avg_sq:w"])
 
 
-def test_the_old_float_rule_was_not_the_cpus(rng: np.random.Generator) -> None:
+def test_the_old_float_rule_was_not_the_cpus() -> None:
     """Why the scalars must be formed in double: float betas give (1 - beta2) off by about
     1e-5 relative, which the bit-for-bit test above would catch."""
     exact = np.float32(1.0 - 0.999)
