@@ -297,7 +297,7 @@ def _lstm_grad(
         # the two biases enter as a sum: equal gradients, but separate tensors (an in-place
         # clip of one must not scale the other)
         db_hh = dbias.clone() if need[5] and need[6] else dbias
-    grads = (
+    grads: tuple[Tensor | None, ...] = (
         dx if need[0] else None,
         dh0 if need[1] else None,
         dc0 if need[2] else None,
