@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from onnxscript import opset18  # type: ignore[import-not-found, unused-ignore]
+from onnxscript import opset18
 
 __all__ = ["translation_table"]
 
