@@ -455,6 +455,57 @@ def test_saved_state_lives_as_long_as_the_graph() -> None:
     assert len(_ops._LIVE) == 0
 
 
+def test_graphs_alive_at_once_keep_their_own_buffers() -> None:
+    """Contexts go back to the pool only when their graph is gone: two forwards of the same
+    shape before either backward, then a third after the first one's backward (which reuses
+    its buffers), each give torch's gradients."""
+    _ops.POOL.clear()
+    case = Case(2, True, False, "packed", True, (6, 4, 3, 5))
+    torch.manual_seed(23)
+    ref, ours = make_pair(case, torch.float64)
+    gen = torch.Generator().manual_seed(23)
+    batches = [make_inputs(case, torch.float64, gen) for _ in range(3)]
+
+    def forward(m: Any, batch: Any) -> Any:
+        x, hx, lengths = batch
+        seq = rnn_utils.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, (h_n, _) = m(seq, hx)
+        return out.data.square().sum() + h_n.sum()
+
+    def grads(m: Any) -> list[np.ndarray]:
+        out = [p.grad.numpy().copy() for p in m.parameters()]
+        m.zero_grad(set_to_none=True)
+        return out
+
+    got, want = [], []
+    for m, sink in ((ours, got), (ref, want)):
+        first, second = forward(m, batches[0]), forward(m, batches[1])
+        first.backward()
+        sink.append(grads(m))
+        third = forward(m, batches[2])  # may take the first one's buffers
+        second.backward()
+        sink.append(grads(m))
+        third.backward()
+        sink.append(grads(m))
+    assert _ops.POOL._bytes > 0  # the buffers came back
+    for g_step, w_step in zip(got, want, strict=True):
+        for a, b in zip(g_step, w_step, strict=True):
+            assert rel_err(a, b) <= 1e-12
+
+
+def test_the_pool_stays_within_its_budget() -> None:
+    pool = _ops._ContextPool(budget=3 * _ops._ContextPool.nbytes((4, 2, 3, 5, "float64")))
+    m = lt.LSTM(3, 5, dtype=torch.float64)
+    old, _ops.POOL = _ops.POOL, pool
+    try:
+        for steps in (4, 4, 5, 6, 7, 4):
+            with torch.no_grad():
+                m(torch.randn(steps, 2, 3, dtype=torch.float64))
+            assert pool._bytes <= pool.budget
+    finally:
+        _ops.POOL = old
+
+
 def test_weights_changed_in_place_before_backward_raise_torchs_error() -> None:
     m = lt.LSTM(3, 4)
     y, _ = m(torch.randn(5, 2, 3))

@@ -22,7 +22,9 @@ the core releases the GIL while it computes, with ``torch.get_num_threads()`` th
 
 from __future__ import annotations
 
+import threading
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -58,6 +60,67 @@ class _Saved(np.ndarray):  # type: ignore[type-arg, unused-ignore]
 _LIVE: weakref.WeakValueDictionary[int, _Saved] = weakref.WeakValueDictionary()
 
 
+_Key = tuple[int, int, int, int, str]  # (T, B, I, H, dtype): the buffers a context holds
+
+
+class _ContextPool:
+    """The core's contexts whose forward passes are over (their graph freed, or inference
+    done), kept by shape for the next forward of that shape (``ops.lstm_forward(reuse=)``):
+    a training loop then allocates no (T, B, 4H) buffers after its first step, as the NumPy
+    layers don't (fresh buffers of that size cost page faults worth about a sixth of a
+    step). At most ``budget`` bytes are kept, the least recently used shapes dropped first.
+    Any thread may give (autograd frees graphs where it runs); take and give hold a lock."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._free: OrderedDict[_Key, list[ops.LstmContext]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def nbytes(key: _Key) -> int:
+        steps, batch, _, hidden, dtype = key
+        # gates and dgates (T, B, 4H), h_all and c_all (T+1, B, H), tanh_c (T, B, H)
+        return (11 * steps + 2) * batch * hidden * np.dtype(dtype).itemsize
+
+    def take(self, key: _Key) -> ops.LstmContext | None:
+        with self._lock:
+            free = self._free.get(key)
+            if not free:
+                return None
+            ctx = free.pop()
+            if not free:
+                del self._free[key]
+            self._bytes -= self.nbytes(key)
+            return ctx
+
+    def give(self, key: _Key, ctx: ops.LstmContext) -> None:
+        size = self.nbytes(key)
+        if size > self.budget:
+            return
+        dropped = []  # freed after the lock is released (freeing runs arbitrary finalizers)
+        with self._lock:
+            self._free.setdefault(key, []).append(ctx)
+            self._free.move_to_end(key)
+            self._bytes += size
+            while self._bytes > self.budget:
+                oldest, free = next(iter(self._free.items()))
+                dropped.append(free.pop(0))
+                if not free:
+                    del self._free[oldest]
+                self._bytes -= self.nbytes(oldest)
+        del dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            dropped, self._free = self._free, OrderedDict()
+            self._bytes = 0
+        del dropped
+
+
+POOL = _ContextPool(256 << 20)
+
+
 def _array(t: Tensor | None) -> NDArray[Any] | None:
     """A NumPy view of a CPU tensor (no copy; lstmcore.ops copies once if it is strided)."""
     return None if t is None else t.detach().numpy()
@@ -82,7 +145,9 @@ def _core_forward(
     reverse: bool,
     precision: str,
     for_backward: bool,
-) -> tuple[Tensor, Tensor, Tensor, ops.LstmContext]:
+) -> tuple[Tensor, Tensor, Tensor, ops.LstmContext, _Key]:
+    """The core's forward on tensors: (y, h_n, c_n, ctx, key), reusing a pooled context of
+    ``key``'s shape when there is one (the caller gives ``ctx`` back once it is done)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     _sync_threads()
@@ -91,6 +156,7 @@ def _core_forward(
         bias = np.zeros(w.shape[0], dtype=w.dtype)
     else:
         bias = b_ih.detach().numpy() + b_hh.detach().numpy()  # (4H,): the core's one bias
+    key = (x.shape[0], x.shape[1], x.shape[2], w.shape[1], str(w.dtype))
     y, h_n, c_n, ctx = ops.lstm_forward(
         x.detach().numpy(),
         _array(h0),
@@ -102,9 +168,10 @@ def _core_forward(
         lengths=None if lengths is None else lengths.numpy(),
         for_backward=for_backward,
         precision=None if precision == "fp32" else precision,
+        reuse=POOL.take(key),
     )
     assert y is not None
-    return torch.from_numpy(y), torch.from_numpy(h_n), torch.from_numpy(c_n), ctx
+    return torch.from_numpy(y), torch.from_numpy(h_n), torch.from_numpy(c_n), ctx, key
 
 
 def _fake_outputs(x: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -130,12 +197,13 @@ def lstm(
     precision: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The training forward of one cell: (y, h_n, c_n, saved); see the module docstring."""
-    y, h_n, c_n, ctx = _core_forward(
+    y, h_n, c_n, ctx, key = _core_forward(
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, precision, True
     )
     saved = np.zeros(1, dtype=np.int64).view(_Saved)
     saved.ctx = ctx
     _LIVE[saved.ctypes.data] = saved
+    weakref.finalize(saved, POOL.give, key, ctx)  # its buffers serve a later forward
     return y, h_n, c_n, torch.from_numpy(saved)
 
 
@@ -174,9 +242,10 @@ def lstm_inference(
     precision: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The forward of one cell with nothing kept for backward: (y, h_n, c_n)."""
-    y, h_n, c_n, _ = _core_forward(
+    y, h_n, c_n, ctx, key = _core_forward(
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, precision, False
     )
+    POOL.give(key, ctx)  # the outputs are fresh arrays: the buffers are free again
     return y, h_n, c_n
 
 
