@@ -64,7 +64,7 @@ def test_uint8_images_are_scaled_as_the_training_data(run: Path, mnist: data.Mni
 @pytest.mark.parametrize(
     ("images", "message"),
     [
-        (np.zeros((2, 28, 27), np.float32), r"images: expected shape \(B, rows, 28\), got \(2,"),
+        (np.zeros((2, 28, 27), np.float32), r"images: expected shape \(B, 28, 28\), got \(2,"),
         (np.zeros((28, 28), np.float32), r"expected shape .*got \(28, 28\)"),
         (np.zeros((2, 28, 28), np.int64), r"uint8 \(0\.\.255\) or float in \[0, 1\], got dtype i"),
         (np.full((1, 28, 28), 255.0), r"in \[0, 1\], got values in \[255, 255\] \(divide 0\.\.255"),
