@@ -15,8 +15,13 @@ Modes: ``step`` is forward, loss, backward and an Adam step; ``lstm`` is the LST
 differs from the NumPy API. lstmcore.torch always returns y (torch's contract), so the NumPy
 contender asks for y too (``need_y=True``); neither computes dx (the input needs no gradient).
 
+Threads: torch's OpenMP workers (libgomp) spin for milliseconds after each parallel op and
+take a core from whatever runs next in the process, lstmcore's threads included;
+``--omp-passive`` runs every contender with OMP_WAIT_POLICY=PASSIVE (workers sleep at once).
+
     PYTHONPATH=python python tools/bench_torch_module.py [--rounds 3] [--threads 1 2]
         [--cases varlen padded mnist] [--modes step lstm] [--steps 20] [--warmup 3]
+        [--omp-passive]
 """
 
 from __future__ import annotations
@@ -157,6 +162,8 @@ def measure(contender: str, case: str, mode: str, threads: int, args: argparse.N
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
     env["OMP_NUM_THREADS"] = str(threads)
     env["LSTMCORE_NUM_THREADS"] = str(threads)
+    if args.omp_passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     cmd = [sys.executable, __file__, "--worker", "--contender", contender, "--case", case,
            "--mode", mode, "--threads", str(threads), "--steps", str(args.steps),
            "--warmup", str(args.warmup)]  # fmt: skip
@@ -178,6 +185,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE")
     args = parser.parse_args()
     if args.worker:
         args.threads = args.threads[0] if isinstance(args.threads, list) else args.threads
@@ -186,6 +194,8 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"CPU: {cpu_name()}; {os.cpu_count()} logical CPUs; load average {load:.1f}")
     print(f"{args.rounds} rounds, {args.warmup} warm-up + {args.steps} timed steps a process")
+    policy = "PASSIVE" if args.omp_passive else os.environ.get("OMP_WAIT_POLICY", "unset")
+    print(f"OMP_WAIT_POLICY {policy}; adapter = lstmcore.torch's step over the NumPy API's - 1")
     header = (
         f"{'case':7} {'mode':5} {'thr':>3} | {'torch':>9} {'lstmcore.torch':>14} "
         f"{'numpy API':>9} | {'speedup':>7} {'adapter':>8}"

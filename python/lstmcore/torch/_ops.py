@@ -203,7 +203,8 @@ def lstm(
     saved = np.zeros(1, dtype=np.int64).view(_Saved)
     saved.ctx = ctx
     _LIVE[saved.ctypes.data] = saved
-    weakref.finalize(saved, POOL.give, key, ctx)  # its buffers serve a later forward
+    done = weakref.finalize(saved, POOL.give, key, ctx)  # its buffers serve a later forward
+    done.atexit = False  # graphs still alive at exit: nothing to give back
     return y, h_n, c_n, torch.from_numpy(saved)
 
 
