@@ -28,9 +28,21 @@ from lstmcore import _files, checkpoint, model
 
 Array = NDArray[Any]
 
-__all__ = ["OPSET", "LstmLayer", "build_onnx", "check_output", "export", "lstm_layers"]
+__all__ = [
+    "IR_VERSION",
+    "OPSET",
+    "Graph",
+    "LstmLayer",
+    "build_onnx",
+    "check_output",
+    "export",
+    "lstm_layers",
+]
 
 OPSET = 17  # LSTM, Gather, Gemm as used here are unchanged since; onnxruntime runs 7..23+
+# opset 17's own IR version, not the newest the onnx package knows: every onnxruntime since
+# 1.12 loads the model, whichever onnx wrote it
+IR_VERSION = 8
 
 # torch's gate blocks are i, f, g, o; ONNX's are i, o, f, c (c is torch's g)
 _TORCH_TO_ONNX_GATES = [0, 3, 1, 2]
@@ -100,11 +112,12 @@ def _require_onnx() -> Any:
     return onnx
 
 
-class _Graph:
-    """Collects nodes and initializers; names are generated so no two collide."""
+class Graph:
+    """An ONNX graph being built: nodes and initializers, then :meth:`model`. Generated names
+    never collide. ExportError when the onnx package is missing."""
 
-    def __init__(self, onnx: Any) -> None:
-        self.onnx = onnx
+    def __init__(self) -> None:
+        self.onnx = _require_onnx()
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self._n = 0
@@ -113,17 +126,61 @@ class _Graph:
         self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> list[str]:
-        self._n += 1
-        outs = [f"{op.lower()}_{self._n}_{i}" for i in range(n_out)]
-        self.nodes.append(self.onnx.helper.make_node(op, inputs, outs, **attrs))
-        return outs
+    def node(
+        self, op: str, inputs: list[str], outputs: int | list[str] = 1, **attrs: Any
+    ) -> list[str]:
+        """Adds one node; ``outputs``: how many (named here) or their names ("" omits one)."""
+        if isinstance(outputs, int):
+            self._n += 1
+            outputs = [f"{op.lower()}_{self._n}_{i}" for i in range(outputs)]
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, outputs, **attrs))
+        return outputs
 
     def one(self, op: str, inputs: list[str], **attrs: Any) -> str:
         return self.node(op, inputs, 1, **attrs)[0]
 
+    def lstm_weights(self, k: int, layer: LstmLayer) -> list[str]:
+        """Layer ``k``'s inputs W (D, 4H, I), R (D, 4H, H) and B (D, 8H) = [Wb, Rb] of ONNX's
+        LSTM operator, its gates in ONNX's order."""
+        biases = [
+            np.concatenate([_onnx_gates(bi), _onnx_gates(bh)])
+            for bi, bh in zip(layer.b_ih, layer.b_hh, strict=True)
+        ]
+        return [
+            self.const(f"W_l{k}", np.stack([_onnx_gates(m) for m in layer.w_ih])),
+            self.const(f"R_l{k}", np.stack([_onnx_gates(m) for m in layer.w_hh])),
+            self.const(f"B_l{k}", np.stack(biases)),
+        ]
 
-def _time_major(g: _Graph, task: model.Task) -> str:
+    def model(
+        self,
+        name: str,
+        inputs: dict[str, list[str | int]],
+        outputs: dict[str, list[str | int]],
+        doc: str = "",
+    ) -> Any:
+        """The graph as an onnx.ModelProto (checked by onnx.checker); ``inputs`` and
+        ``outputs``: float32 tensors, name -> shape (a str: a dynamic dimension)."""
+        helper, tensor = self.onnx.helper, self.onnx.TensorProto.FLOAT
+        graph = helper.make_graph(
+            self.nodes,
+            name,
+            [helper.make_tensor_value_info(k, tensor, shape) for k, shape in inputs.items()],
+            [helper.make_tensor_value_info(k, tensor, shape) for k, shape in outputs.items()],
+            self.inits,
+        )
+        proto = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            ir_version=IR_VERSION,
+            producer_name="lstmcore",
+        )
+        proto.doc_string = doc
+        self.onnx.checker.check_model(proto, full_check=True)
+        return proto
+
+
+def _time_major(g: Graph, task: model.Task) -> str:
     """images (N, rows, cols) -> x (T, N, I), as Task.sequences does then the core's layout."""
     if task.name == "rows":
         return g.one("Transpose", ["images"], perm=[1, 0, 2])
@@ -135,55 +192,50 @@ def _time_major(g: _Graph, task: model.Task) -> str:
     return g.one("Unsqueeze", [steps, g.const("step_axes", np.array([2], np.int64))])
 
 
-def _lstm_stack(g: _Graph, x: str, layers: list[LstmLayer]) -> str:
+def _lstm(g: Graph, k: int, x: str, layer: LstmLayer, outputs: list[str]) -> None:
+    """Layer ``k``'s LSTM node on x (T, N, I); ``outputs``: Y (T, D, N, H), Y_h (D, N, H)."""
+    g.node(
+        "LSTM",
+        [x, *g.lstm_weights(k, layer)],
+        outputs,
+        hidden_size=layer.w_hh[0].shape[1],
+        direction="bidirectional" if len(layer.w_ih) == 2 else "forward",
+    )
+
+
+def _lstm_stack(g: Graph, x: str, layers: list[LstmLayer]) -> str:
     """x (T, N, I) through every layer; returns the top layer's final states (N, D*H)."""
-    merge_shape = g.const("merge_dirs", np.array([0, 0, -1], np.int64))
-    last_h = ""
-    for k, layer in enumerate(layers):
-        d = len(layer.w_ih)
-        h = layer.w_hh[0].shape[1]
-        w = g.const(f"W_l{k}", np.stack([_onnx_gates(m) for m in layer.w_ih]))
-        r = g.const(f"R_l{k}", np.stack([_onnx_gates(m) for m in layer.w_hh]))
-        biases = [
-            np.concatenate([_onnx_gates(bi), _onnx_gates(bh)])
-            for bi, bh in zip(layer.b_ih, layer.b_hh, strict=True)
-        ]
-        b = g.const(f"B_l{k}", np.stack(biases))
-        direction = "bidirectional" if d == 2 else "forward"
-        y, last_h = g.node("LSTM", [x, w, r, b], 2, hidden_size=h, direction=direction)
+    *below, top = layers
+    for k, layer in enumerate(below):
+        y = f"y_l{k}"
+        _lstm(g, k, x, layer, [y])
         # Y (T, D, N, H) -> (T, N, D*H): the next layer reads both directions concatenated
-        x = g.one("Reshape", [g.one("Transpose", [y], perm=[0, 2, 1, 3]), merge_shape])
+        merge = g.const(f"merge_dirs_l{k}", np.array([0, 0, -1], np.int64))
+        x = g.one("Reshape", [g.one("Transpose", [y], perm=[0, 2, 1, 3]), merge])
+    h_n = f"h_n_l{len(below)}"
+    _lstm(g, len(below), x, top, ["", h_n])  # the top layer's Y is not computed
+    if len(top.w_ih) == 1:  # Y_h (1, N, H) -> (N, H)
+        return g.one("Squeeze", [h_n, g.const("direction_axis", np.zeros(1, np.int64))])
     # Y_h (D, N, H) -> (N, D*H), forward then reverse as torch concatenates them
-    batch_major = g.one("Transpose", [last_h], perm=[1, 0, 2])
+    batch_major = g.one("Transpose", [h_n], perm=[1, 0, 2])
     return g.one("Reshape", [batch_major, g.const("feature_shape", np.array([0, -1], np.int64))])
 
 
 def build_onnx(classifier: model.Classifier) -> Any:
     """The classifier as an onnx.ModelProto (checked by onnx.checker)."""
-    onnx = _require_onnx()
-    g = _Graph(onnx)
+    g = Graph()
     params = classifier.network.params
     features = _lstm_stack(g, _time_major(g, classifier.task), lstm_layers(params))
     weight = g.const("head_weight", params["head.weight"].astype(np.float32))
     bias = g.const("head_bias", params["head.bias"].astype(np.float32))
-    g.nodes.append(onnx.helper.make_node("Gemm", [features, weight, bias], ["logits"], transB=1))
+    g.node("Gemm", [features, weight, bias], ["logits"], transB=1)
     rows, cols = classifier.image_shape
-    tensor = onnx.TensorProto.FLOAT
-    graph = onnx.helper.make_graph(
-        g.nodes,
+    return g.model(
         "lstmcore_classifier",
-        [onnx.helper.make_tensor_value_info("images", tensor, ["batch", rows, cols])],
-        [onnx.helper.make_tensor_value_info("logits", tensor, ["batch", classifier.num_classes])],
-        g.inits,
+        {"images": ["batch", rows, cols]},
+        {"logits": ["batch", classifier.num_classes]},
+        doc=f"lstmcore {classifier.task.name} classifier; images float32 in [0, 1]",
     )
-    proto = onnx.helper.make_model(
-        graph,
-        opset_imports=[onnx.helper.make_opsetid("", OPSET)],
-        producer_name="lstmcore",
-    )
-    proto.doc_string = f"lstmcore {classifier.task.name} classifier; images float32 in [0, 1]"
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
 
 
 def check_output(checkpoint_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
