@@ -13,7 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lstmcore import bench
+from lstmcore.bench import cli, contenders, measure
+from lstmcore.bench.args import MAX_THREADS
+from lstmcore.bench.cases import ALL_CASES, CASE_GROUPS, QUICK, Case, case_lengths, flops
+from lstmcore.bench.contenders import onnx_runtime
 
 
 def run_bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -42,7 +45,7 @@ def test_interleaved_quick_run_writes_every_field(tmp_path: Path) -> None:
     check_header(report)
     assert report["mode"] == "interleaved"
     rows = report["rows"]
-    assert {(r["shape"], r["kind"]) for r in rows} == {(c.name, c.kind) for c in bench.QUICK}
+    assert {(r["shape"], r["kind"]) for r in rows} == {(c.name, c.kind) for c in QUICK}
     assert {"lstmcore", "reference", "lstmcore-lengths", "lstmcore-padded"} <= {
         r["contender"] for r in rows
     }
@@ -105,51 +108,51 @@ def test_precision_selects_the_contenders_and_their_baselines(
 
 def test_bf16_baselines() -> None:
     present = ["lstmcore", "torch", "lstmcore-bf16", "torch-bf16"]
-    assert bench.baseline("torch-bf16", present) == "lstmcore-bf16"
-    assert bench.baseline("torch", present) == "lstmcore"
-    assert bench.baseline("torch-bf16", ["lstmcore", "torch-bf16"]) is None
+    assert contenders.baseline("torch-bf16", present) == "lstmcore-bf16"
+    assert contenders.baseline("torch", present) == "lstmcore"
+    assert contenders.baseline("torch-bf16", ["lstmcore", "torch-bf16"]) is None
 
 
 def test_onnxruntime_matches_lstmcore() -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     for T, B, I, H in ((1, 1, 1, 1), (5, 3, 4, 7), (28, 16, 28, 33)):  # noqa: N806, E741
-        case = bench.Case("check", "infer", T, B, I, H, 1)
-        _, _, diff = bench.onnx_checked(case, np.random.default_rng(T + H), threads=1)
+        case = Case("check", "infer", T, B, I, H, 1)
+        _, _, diff = onnx_runtime.onnx_checked(case, np.random.default_rng(T + H), threads=1)
         assert diff <= 1e-4, (T, B, I, H, diff)
 
 
 def test_onnxruntime_is_refused_when_its_logits_differ(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    right = bench.lstmcore_logits
-    monkeypatch.setattr(bench, "lstmcore_logits", lambda w, x: right(w, x) + 1e-3)
-    case = bench.Case("check", "infer", 3, 2, 4, 5, 1)
-    with pytest.raises(bench.RefusedError, match="differ from lstmcore's"):
-        bench.onnx_infer(case, np.random.default_rng(0), threads=1)
+    right = onnx_runtime.lstmcore_logits
+    monkeypatch.setattr(onnx_runtime, "lstmcore_logits", lambda net, x: right(net, x) + 1e-3)
+    case = Case("check", "infer", 3, 2, 4, 5, 1)
+    with pytest.raises(contenders.RefusedError, match="differ from lstmcore's"):
+        onnx_runtime.infer(case, np.random.default_rng(0), threads=1)
 
 
 def test_flop_counts() -> None:
-    rows = bench.ALL_CASES["mnist-rows"]
-    assert bench.flops(rows) == pytest.approx(1.616e9, rel=1e-3)  # the design's count
-    infer = bench.ALL_CASES["infer-B128"]
-    assert bench.flops(infer) == 2 * 28 * 128 * 512 * (28 + 128) + 2 * 128 * 128 * 10
-    varlen = bench.ALL_CASES["varlen-rows"]
-    lengths = bench.case_lengths(varlen)
+    rows = ALL_CASES["mnist-rows"]
+    assert flops(rows) == pytest.approx(1.616e9, rel=1e-3)  # the design's count
+    infer = ALL_CASES["infer-B128"]
+    assert flops(infer) == 2 * 28 * 128 * 512 * (28 + 128) + 2 * 128 * 128 * 10
+    varlen = ALL_CASES["varlen-rows"]
+    lengths = case_lengths(varlen)
     assert lengths.min() >= 1 and lengths.max() <= varlen.T and lengths.shape == (varlen.B,)
-    ratio = bench.flops(varlen) / bench.flops(rows)
+    ratio = flops(varlen) / flops(rows)
     assert ratio == pytest.approx(lengths.sum() / (varlen.B * varlen.T), rel=1e-3)
-    stream = bench.ALL_CASES["stream-B1"]
-    assert bench.flops(stream) == 2 * 1 * 512 * (28 + 128)
+    stream = ALL_CASES["stream-B1"]
+    assert flops(stream) == 2 * 1 * 512 * (28 + 128)
     # two layers, two directions, loss on every step: layer 0 reads I (forward, dW_ih), layer
     # 1 reads D*H three times (forward, dW_ih, dx), each direction 3H (recurrent, dW_hh, dh)
-    seq = bench.ALL_CASES["tiny-2l-bi-seq"]
+    seq = ALL_CASES["tiny-2l-bi-seq"]
     per_row = 4 * 8 * ((2 * 3 + 3 * 8) + (3 * 16 + 3 * 8)) * 2
-    assert bench.flops(seq) == 2 * seq.B * seq.T * per_row
+    assert flops(seq) == 2 * seq.B * seq.T * per_row
 
 
 def test_grid_covers_the_shapes_people_train() -> None:
-    grid = bench.CASE_GROUPS["grid"]
+    grid = CASE_GROUPS["grid"]
     assert {c.layers for c in grid} == {1, 2, 3} and {c.bidirectional for c in grid} == {
         False,
         True,
@@ -172,7 +175,7 @@ def test_grid_covers_the_shapes_people_train() -> None:
         ["--mode", "interleaved", "--rounds", "2"],
         ["--mode", "both"],
         ["--threads", "0"],
-        ["--threads", str(bench.MAX_THREADS + 1)],
+        ["--threads", str(MAX_THREADS + 1)],
         ["--threads", "two"],
         ["--cases", "nope"],
         ["--contenders", "tensorflow"],
@@ -192,12 +195,12 @@ def test_bad_flags_give_one_error_line_before_any_work(
         raise AssertionError("the benchmark started before its flags were checked")
 
     for name in ("sgemm_rates", "run_plan", "run_isolated"):
-        monkeypatch.setattr(bench, name, no_work)
+        monkeypatch.setattr(cli, name, no_work)
     argv = [
         a.replace("MISSING", str(tmp_path / "missing")).replace("TMP", str(tmp_path)) for a in argv
     ]
     with pytest.raises(SystemExit) as stop:
-        bench.main(argv)
+        cli.main(argv)
     assert stop.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1, errors
@@ -210,7 +213,7 @@ def test_block_zero_ends(tmp_path: Path) -> None:
 
 
 def test_help_documents_every_flag() -> None:
-    parser = bench.make_parser()
+    parser = cli.make_parser()
     text = parser.format_help()
     for action in parser._actions:
         if action.help == argparse.SUPPRESS:
@@ -222,15 +225,15 @@ def test_help_documents_every_flag() -> None:
 
 
 def test_missing_peers_are_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench, "find_spec", lambda name: None)
-    note = bench.unavailable("onnxruntime", 1)
+    monkeypatch.setattr(contenders, "find_spec", lambda name: None)
+    note = contenders.unavailable("onnxruntime", 1)
     assert note is not None and "onnx, onnxruntime not importable" in note
-    assert bench.unavailable("lstmcore", 1) is None
-    assert bench.build_steps(["onnxruntime"], bench.ALL_CASES["tiny-infer"], 1, []) == {}
+    assert contenders.unavailable("lstmcore", 1) is None
+    assert measure.build_steps(["onnxruntime"], ALL_CASES["tiny-infer"], 1, []) == {}
 
 
 def test_a_failing_worker_is_a_note() -> None:
     notes: list[str] = []
-    plan = bench.Plan(("lstmcore",), ("no-such-case",), 1, None, 0, 1)
-    assert bench.run_worker(plan, notes) == {}
+    plan = measure.Plan(("lstmcore",), ("no-such-case",), 1, None, 0, 1)
+    assert measure.run_worker(plan, notes) == {}
     assert len(notes) == 1 and "worker failed (2)" in notes[0]
