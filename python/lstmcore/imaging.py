@@ -24,22 +24,25 @@ photographed (gray paper, light falling off across the sheet, ruled lines, noise
    pixel/paper`` for dark ink: a stroke in the shade counts as much as one in the light).
 4. **Ink from paper**: Otsu's threshold on that ink (raised above the noise: the median plus
    six robust standard deviations), and connected groups of ink pixels (8-connected).
-   Dropped: ruled lines (a group at least 60% of the image wide, or tall, loses the thin runs
-   across it, so the strokes crossing a line stay), the frame (a thin group along the
-   border spanning 90% of a side), and specks (under 3% of the largest group's area).
-5. **The digit**: the largest group and the groups close around it (broken strokes, a 5's
-   detached bar); for a number, every group, merged when they overlap in x, left to right,
-   and touching digits cut (see :func:`digit_boxes`). Each digit keeps its ink values (the
-   anti-aliased edge within a few pixels of its core), scaled so its strokes' 90th
-   percentile is 1, values under 0.1 set to 0.
+   Dropped: ruled lines (a group that touches both sides of the image loses its vertical
+   runs no thicker than the line, 1.5x its median run, where those runs cover 60% of the
+   width: the strokes that cross the line stay), the frame (a thin group along the border
+   spanning 90% of a side), and specks (under 2% of the largest group's area).
+5. **The digit**: the largest group and the groups within half its size of it (broken
+   strokes, a 5's detached bar); for a number, every group, merged when they overlap in x,
+   left to right, and touching digits cut (see :func:`digit_boxes`). Each digit keeps its
+   ink values (the anti-aliased edge within a few pixels of its core, never dropped ink),
+   scaled so its strokes' 90th percentile is 1, values under 0.1 set to 0.
 6. **MNIST's normalisation**: the bounding box scaled so its longer side is 20 pixels
    (Lanczos), pasted into 28x28 with its centre of mass on pixel (14, 14) (kept inside).
    **Stroke width**: MNIST's strokes are 1.9 pixels wide (median of ``2 * ink / perimeter``,
    5% / 95% at 1.3 / 2.9). A digit outside ``STROKE_BAND`` (a thin font, a marker) is redrawn
    at four times the size, grown or thinned to the median width, and scaled down again.
 
-A clean image (MNIST's own digits saved as PNG) passes through steps 2-5 unchanged: its
-background is 0, its strokes already saturate, and its box is already 20 pixels.
+A clean image comes back almost as it was: MNIST's own digits saved as PNG have a background
+of 0, strokes that saturate and a 20-pixel box already (of the 10,000 test digits, 9,985 keep
+the default model's answer; those that change lose a speck or a far stroke, or had a stroke
+width outside the band).
 """
 
 from __future__ import annotations
@@ -328,10 +331,9 @@ def label(mask: Array) -> Groups:
     width = mask.shape[1]
     rows, starts, ends = _runs(mask)
     n = rows.size
-    labels = np.zeros(mask.shape, np.int32)
     if n == 0:
         empty = np.zeros(0, np.int64)
-        return Groups(labels, empty, empty, empty, empty, empty)
+        return Groups(np.zeros(mask.shape, np.int32), empty, empty, empty, empty, empty)
     stride = width + 4  # keys of different rows never interleave, even at columns -1, width
     first = rows * stride + starts  # sorted
     last = rows * stride + ends - 1  # sorted
@@ -357,10 +359,7 @@ def label(mask: Array) -> Groups:
             parent = nxt
     roots, group = np.unique(parent, return_inverse=True)
     lengths = ends - starts
-    pixels = np.repeat(rows * width + starts, lengths) + (
-        np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    )
-    labels.ravel()[pixels] = np.repeat(group + 1, lengths).astype(np.int32)
+    labels = _paint(mask.shape, rows, starts, ends, group + 1)
     k = roots.size
     big = np.iinfo(np.int64).max
     top, bottom = np.full(k, big), np.full(k, -1)
@@ -373,20 +372,31 @@ def label(mask: Array) -> Groups:
     return Groups(labels, area, top, bottom, left, right)
 
 
-def _thin_runs_removed(part: Array, axis: int) -> Array:
-    """``part`` (bool) without the runs along ``axis`` no longer than a ruled line is thick
-    (the median run, plus half): the line goes, strokes that cross it stay."""
-    across = part.T if axis == 0 else part  # runs along rows of `across`
-    rows, starts, ends = _runs(across)
-    if rows.size == 0:
-        return part
+def _paint(shape: tuple[int, int], rows: Array, starts: Array, ends: Array, values: Array) -> Array:
+    """An array of ``shape`` (0 elsewhere) holding ``values[k]`` along run k (row, [start,
+    end)), int32."""
+    out = np.zeros(shape[0] * shape[1], np.int32)
+    lengths = ends - starts
+    pixels = np.repeat(rows * shape[1] + starts, lengths) + (
+        np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    )
+    out[pixels] = np.repeat(values, lengths)
+    return out.reshape(shape)
+
+
+def _line_pixels(part: Array) -> Array:
+    """The pixels of ``part`` (bool) in vertical runs no longer than a ruled line is thick
+    (its median vertical run, times 1.5, at least one more pixel): the line's, not those of
+    the strokes that cross it."""
+    cols, starts, ends = _runs(part.T)  # vertical runs: runs along the rows of the transpose
+    if cols.size == 0:
+        return np.zeros_like(part)
     lengths = ends - starts
     thick = float(np.median(lengths))
-    keep = lengths > max(thick * 1.5, thick + 1.0)
-    out = np.zeros_like(across)
-    for r, s, e in zip(rows[keep], starts[keep], ends[keep], strict=True):
-        out[r, s:e] = True
-    return out.T if axis == 0 else out
+    thin = lengths <= max(thick * 1.5, thick + 1.0)
+    painted = _paint(part.T.shape, cols[thin], starts[thin], ends[thin], np.ones(int(thin.sum())))
+    line: Array = painted.T > 0
+    return line
 
 
 def _clean(mask: Array) -> Groups:
@@ -401,8 +411,7 @@ def _clean(mask: Array) -> Groups:
         mask = mask.copy()
         for g in np.nonzero(across)[0]:
             box = (slice(groups.top[g], groups.bottom[g] + 1), slice(0, width))
-            part = groups.labels[box] == g + 1
-            line = part & ~_thin_runs_removed(part, axis=0)
+            line = _line_pixels(groups.labels[box] == g + 1)
             cols = np.nonzero(line.any(axis=0))[0]
             if cols.size >= LINE_SPAN * width:  # the thin runs do make a line
                 mask[box] &= ~line
