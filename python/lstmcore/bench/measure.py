@@ -109,9 +109,18 @@ def build_steps(
             if precision_of(contender) not in precisions:
                 continue
             try:
-                steps[contender] = make(case, np.random.default_rng(0), threads)
+                step = make(case, np.random.default_rng(0), threads)
             except RefusedError as refused:
                 add_note(notes, str(refused))
+                continue
+            try:  # one untimed step: a library that cannot run the case says so here
+                step()
+            except Exception as err:  # any library's failure to run the case is a note
+                said = str(err).strip().splitlines()
+                why = f"{type(err).__name__}: {said[0] if said else ''}"
+                add_note(notes, f"{contender} cannot run {case.name}: {why}")
+                continue
+            steps[contender] = step
     return steps
 
 
