@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -65,29 +66,34 @@ def serving(classifier: Any, **options: Any) -> Iterator[serve.Server]:
 
 @contextmanager
 def served(ckpt: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``python -m lstmcore.serve CKPT --port 0 *flags`` running: (its URL, the process)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lstmcore.serve", str(ckpt), "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready and proc.stdout else ""
-        found = re.match(r"serving (http://127\.0\.0\.1:\d+/) ", line)
-        assert found, f"no 'serving' line: {line!r} {proc.poll()}"
-        yield found.group(1), proc
-    finally:
-        proc.terminate()
+    """``python -m lstmcore.serve CKPT --port 0 *flags`` running: (its URL, the process).
+    Its stderr goes to a file (a pipe nobody reads could fill and stop the server); any
+    traceback there fails the test."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lstmcore.serve", str(ckpt), "--port", "0", *flags],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            line = proc.stdout.readline() if ready and proc.stdout else ""
+            found = re.match(r"serving (http://127\.0\.0\.1:\d+/) ", line)
+            assert found, f"no 'serving' line: {line!r} {proc.poll()}"
+            yield found.group(1), proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            if proc.stdout:
+                proc.stdout.close()
+            log.seek(0)
+            errors = log.read()
+        assert "Traceback" not in errors, errors
 
 
 def address(url: str) -> tuple[str, int]:
@@ -231,7 +237,9 @@ def test_an_oversized_body_is_refused_before_it_is_sent(model: Any) -> None:
         socket.create_connection(address(server.url), timeout=5) as sock,
     ):
         sock.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: 1001\r\n\r\n")
-        answer = sock.recv(65536)  # no body sent: the answer comes anyway
+        answer = b""
+        while chunk := sock.recv(65536):  # no body sent: the answer comes anyway, then EOF
+            answer += chunk
         assert answer.startswith(b"HTTP/1.1 413 ") and b"1,000 bytes" in answer
 
 

@@ -119,8 +119,9 @@ class Handler(BaseHTTPRequestHandler):
     # headers and body go out in two writes: with Nagle's algorithm the body waited for the
     # client's delayed ACK of the headers, 40 ms on Linux (the page's answers took 50 ms)
     disable_nagle_algorithm = True
-    server_version = "lstmcore"
-    sys_version = ""
+
+    def version_string(self) -> str:  # the Server header: no Python version on show
+        return "lstmcore"
 
     _started: float | None = None  # when the body had arrived
 
