@@ -36,10 +36,11 @@ TOL = {torch.float64: 1e-9, torch.float32: 2e-5}
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     """One thread for torch and the core (the machine is shared; two threads in one test)."""
-    old = torch.get_num_threads()
+    old, old_core = torch.get_num_threads(), lstmcore.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+    lstmcore.set_num_threads(old_core)  # the layer made the core follow torch's count
 
 
 @dataclass(frozen=True)
