@@ -35,8 +35,10 @@ from trained import trained_run
 
 import lstmcore
 from helpers import make_lengths, make_problem, make_stack_params, rel_err
-from lstmcore import data, evaluate, nn, ops, reference
+from lstmcore import nn, ops, reference
 from lstmcore._native import core as _core
+from lstmcore.cli import evaluate
+from lstmcore.mnist import data
 
 TOL_REF = 2.0**-9
 TOL_FP32 = 2.0**-5

@@ -25,7 +25,7 @@ from test_photos import text_ink as font_ink
 from test_serve import served
 from trained import trained_run
 
-from lstmcore import data
+from lstmcore.mnist import data
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 LATENCY_MS = 100.0  # issue 19: the answer within 100 ms of a stroke ending

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from trained import trained_run
 
 import lstmcore
-from lstmcore import checkpoint
-from lstmcore.model import Classifier, Task, make_permutation, task_record
+from lstmcore.mnist import checkpoint
+from lstmcore.mnist.model import Classifier, Task, make_permutation, task_record
 from lstmcore.nn import SequenceClassifier
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

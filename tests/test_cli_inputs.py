@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmcore import _files, checkpoint, data, evaluate, export, imaging
-from lstmcore.model import Task, task_record
+from lstmcore import _files
+from lstmcore.cli import evaluate
+from lstmcore.cli import export as export_cli
+from lstmcore.mnist import checkpoint, data, imaging
+from lstmcore.mnist.model import Task, task_record
 from lstmcore.nn import SequenceClassifier
 
 
@@ -154,7 +157,7 @@ def test_export_refuses_to_write_over_its_own_checkpoint(
     ckpt = small_checkpoint(tmp_path / "model.npz")
     before = ckpt.read_bytes()
     for out in _links(tmp_path, ckpt).values():
-        assert export.main([str(ckpt), str(out)]) == 1
+        assert export_cli.main([str(ckpt), str(out)]) == 1
         err = one_line(capsys.readouterr().err)
         assert err == f"error: {out}: the output is the checkpoint {ckpt} itself; not replacing it"
         assert ckpt.read_bytes() == before
@@ -186,7 +189,7 @@ def test_export_refuses_an_output_that_is_not_a_regular_file(
     out = tmp_path / "out.onnx"
     make(out)  # type: ignore[operator]
     mode = os.lstat(out).st_mode
-    assert export.main([str(ckpt), str(out)]) == 1
+    assert export_cli.main([str(ckpt), str(out)]) == 1
     assert one_line(capsys.readouterr().err) == f"error: {out}: {kind}, not a regular file"
     assert os.lstat(out).st_mode == mode  # still the FIFO, directory or device
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "out.onnx"]
@@ -198,7 +201,7 @@ def test_export_errors_name_the_output_never_the_temporary(
     pytest.importorskip("onnx")
     ckpt = small_checkpoint(tmp_path / "model.npz")
     out = tmp_path / "missing" / "x.onnx"  # the temporary beside it cannot be created
-    assert export.main([str(ckpt), str(out)]) == 1
+    assert export_cli.main([str(ckpt), str(out)]) == 1
     err = one_line(capsys.readouterr().err)
     assert str(out) in err and _files.TEMP_SUFFIX not in err, err
 

@@ -13,8 +13,8 @@ from test_cuda import cuda_module, gpu, needs_gpu, skip_or_fail  # noqa: F401 (g
 
 from helpers import rel_err
 from lstmcore import optim
+from lstmcore.mnist.stepper import CudaStepper
 from lstmcore.nn import SequenceClassifier
-from lstmcore.stepper import CudaStepper
 
 Array = np.ndarray
 
@@ -26,7 +26,7 @@ def test_the_models_parameters_follow_the_trainers_layout() -> None:
     """The host's parameters give exactly the trainer's flat layout (names and sizes, in order,
     torch's two biases included): checked on the host, without a GPU, wherever _cuda loads (CI
     builds it)."""
-    from lstmcore.cuda_train import param_layout
+    from lstmcore.mnist.cuda_train import param_layout
 
     module = cuda_module()
     model = SequenceClassifier(28, 16, 10)
@@ -37,7 +37,7 @@ def test_the_models_parameters_follow_the_trainers_layout() -> None:
 
 @pytest.mark.parametrize("change", ["reordered", "renamed", "resized", "missing", "extra"])
 def test_a_layout_that_differs_from_the_trainers_is_refused(change: str) -> None:
-    from lstmcore.cuda_train import param_layout
+    from lstmcore.mnist.cuda_train import param_layout
 
     module = cuda_module()
     layout = param_layout(SequenceClassifier(28, 16, 10).params)
@@ -58,7 +58,7 @@ def test_a_layout_that_differs_from_the_trainers_is_refused(change: str) -> None
 def trainer_args(**change: Any) -> dict[str, Any]:
     """Arguments of _cuda.Trainer for a small model, with `change` applied."""
     model = SequenceClassifier(28, 16, 10, seed=1)
-    from lstmcore.cuda_train import param_layout
+    from lstmcore.mnist.cuda_train import param_layout
 
     args: dict[str, Any] = {
         "images": np.full((8, 28, 28), 0.5, np.float32),
@@ -177,7 +177,7 @@ def cpu_run(r: Recipe) -> Run:
 
 
 def gpu_session(r: Recipe, model: SequenceClassifier, opt: optim.Optimizer) -> Any:
-    from lstmcore.cuda_train import CudaSession
+    from lstmcore.mnist.cuda_train import CudaSession
 
     images, labels, _ = data(r)
     return CudaSession(model, opt, images, labels, max_batch=r.batch, clip=r.clip)

@@ -12,8 +12,10 @@ import pytest
 from trained import trained_run
 
 import lstmcore
-from lstmcore import data, evaluate, export
-from lstmcore.model import Classifier, Task
+from lstmcore.cli import evaluate
+from lstmcore.cli import export as export_cli
+from lstmcore.mnist import data, export
+from lstmcore.mnist.model import Classifier, Task
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -33,7 +35,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def exported(run: Path) -> Path:
     out = run / "model.onnx"
-    assert export.main([str(run / "best.npz"), str(out)]) == 0
+    assert export_cli.main([str(run / "best.npz"), str(out)]) == 0
     return out
 
 
@@ -75,11 +77,11 @@ def test_export_errors_are_one_line(
 ) -> None:
     bogus = tmp_path / "bogus.npz"
     bogus.write_bytes(b"PK\x03\x04 truncated")
-    assert export.main([str(bogus), str(tmp_path / "x.onnx")]) == 1
+    assert export_cli.main([str(bogus), str(tmp_path / "x.onnx")]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bogus}") and len(err.splitlines()) == 1
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
-    assert export.main([str(run / "best.npz"), str(tmp_path / "x.onnx")]) == 1
+    assert export_cli.main([str(run / "best.npz"), str(tmp_path / "x.onnx")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: exporting needs the onnx package: pip install 'lstmcore[onnx]'")
     assert not (tmp_path / "x.onnx").exists()
@@ -137,7 +139,7 @@ def test_a_trained_stacked_bidirectional_checkpoint_exports_and_matches(
     flags += ("--val-size", "100", "--layers", "2", "--bidirectional")
     run = trained_run(tmp_path_factory, flags)
     out = run / "stacked.onnx"
-    assert export.main([str(run / "best.npz"), str(out)]) == 0
+    assert export_cli.main([str(run / "best.npz"), str(out)]) == 0
     nodes = [n for n in onnx.load(str(out)).graph.node if n.op_type == "LSTM"]
     assert len(nodes) == 2
     assert all(a.s == b"bidirectional" for n in nodes for a in n.attribute if a.name == "direction")

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lstmcore import checkpoint, optim, train
+from lstmcore import optim
+from lstmcore.cli import train
+from lstmcore.mnist import checkpoint
 from lstmcore.nn import SequenceClassifier
 
 SMALL = [
@@ -321,7 +323,7 @@ def test_a_run_that_saves_then_diverges_never_writes_a_non_finite_model(
 ) -> None:
     """Epoch 1 ends and saves; at step 20 a gradient turns NaN. The run stops naming that
     step, and last.npz/best.npz still hold epoch 1's finite state."""
-    from lstmcore.run import Config, Run, TrainingError
+    from lstmcore.mnist.run import Config, Run, TrainingError
 
     saved = record_saves(monkeypatch)
     real = SequenceClassifier.loss_and_grads
@@ -351,7 +353,7 @@ def test_a_run_that_saves_then_diverges_never_writes_a_non_finite_model(
 def test_a_non_finite_model_is_refused_at_save(tmp_path: Path) -> None:
     """The last guard: whatever let a NaN into the parameters, no checkpoint holds it, and the
     previous one is kept."""
-    from lstmcore.run import Config, Run, TrainingError
+    from lstmcore.mnist.run import Config, Run, TrainingError
 
     with Run.create(Config(**SMALL_RUN), tmp_path / "run") as run:
         path = tmp_path / "run" / "last.npz"

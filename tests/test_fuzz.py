@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import rel_err, shifted_image
-from lstmcore import data, ops
+from lstmcore import ops
 from lstmcore import reference as ref
+from lstmcore.mnist import data
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TYPE_CODES = [0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E]

@@ -11,7 +11,7 @@ from test_photos import drawn_digit
 from trained import trained_run
 
 import lstmcore
-from lstmcore import data, imaging
+from lstmcore.mnist import data, imaging
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from lstmcore import checkpoint, run, train
+from lstmcore.cli import train
+from lstmcore.mnist import checkpoint, run
 
 TINY = [
     "--train-subset", "200", "--val-size", "100", "--hidden", "8", "--batch-size", "50",

@@ -21,7 +21,8 @@ from numpy.typing import NDArray
 from trained import trained_run
 
 import lstmcore
-from lstmcore import data, imaging, predict
+from lstmcore.cli import predict
+from lstmcore.mnist import data, imaging
 
 Image = pytest.importorskip("PIL.Image")
 from PIL import ImageDraw, ImageFilter, ImageFont  # noqa: E402  (after the skip)

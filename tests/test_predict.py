@@ -11,8 +11,9 @@ import pytest
 from trained import final_metrics, trained_run
 
 import lstmcore
-from lstmcore import checkpoint, data, predict
-from lstmcore.model import Classifier
+from lstmcore.cli import predict
+from lstmcore.mnist import checkpoint, data
+from lstmcore.mnist.model import Classifier
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from test_train import QUICK, TIMING_KEYS, metrics, small_dataset
 
-from lstmcore import checkpoint, train
-from lstmcore.run import Config, Run, RunError, RunLock, TrainingError
+from lstmcore.cli import train
+from lstmcore.mnist import checkpoint
+from lstmcore.mnist.run import Config, Run, RunError, RunLock, TrainingError
 
 # ---- a small run, stopped mid-epoch: one epoch done, two of the next epoch's four batches ----
 
@@ -126,7 +127,7 @@ def test_config_values_the_data_cannot_give_name_the_file(
 def test_every_config_field_has_one_check() -> None:
     """The command line and a resume check the same table: it covers every field, and every
     default passes it."""
-    from lstmcore.run import SETTINGS
+    from lstmcore.mnist.run import SETTINGS
 
     assert set(SETTINGS) == set(Config.__dataclass_fields__)
     for name, value in Config().__dict__.items():

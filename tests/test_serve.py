@@ -30,7 +30,8 @@ from test_photos import drawn_digit, number_photos, photograph, random_look, tex
 from trained import trained_run
 
 import lstmcore
-from lstmcore import data, imaging, predict, serve
+from lstmcore.cli import predict, serve
+from lstmcore.mnist import data, imaging
 
 Image = pytest.importorskip("PIL.Image")
 

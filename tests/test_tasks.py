@@ -14,8 +14,9 @@ from trained import final_metrics, trained_run
 
 import lstmcore
 from helpers import shifted_image
-from lstmcore import data, evaluate, imaging, run
-from lstmcore.model import Classifier, Task, make_permutation
+from lstmcore.cli import evaluate, train
+from lstmcore.mnist import augment, data, run
+from lstmcore.mnist.model import Classifier, Task, make_permutation
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_each_task_round_trips_through_checkpoint_evaluate_predict_and_export(
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"test accuracy: {correct / 100:.2f}% ({correct}/10000)"
     onnxruntime = pytest.importorskip("onnxruntime")
-    from lstmcore import export
+    from lstmcore.mnist import export
 
     export.export(run / "best.npz", run / "m.onnx")
     session = onnxruntime.InferenceSession(str(run / "m.onnx"), providers=["CPUExecutionProvider"])
@@ -104,7 +105,7 @@ def test_bad_tasks_are_refused() -> None:
 
 def test_random_shift_moves_each_image_by_its_own_offset(rng: np.random.Generator) -> None:
     images = rng.random((64, 7, 9), dtype=np.float32)
-    out = imaging.random_shift(images, 2, np.random.default_rng(5))
+    out = augment.random_shift(images, 2, np.random.default_rng(5))
     offsets = set()
     for img, moved in zip(images, out, strict=True):
         matches = [
@@ -116,7 +117,7 @@ def test_random_shift_moves_each_image_by_its_own_offset(rng: np.random.Generato
         assert len(matches) == 1
         offsets.add(matches[0])
     assert len(offsets) > 10  # offsets drawn per image, all 25 possible
-    assert imaging.random_shift(images, 0, np.random.default_rng(5)) is images
+    assert augment.random_shift(images, 0, np.random.default_rng(5)) is images
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -128,7 +129,7 @@ def test_shifted_batch_gathers_and_moves_time_major(
     all columns'), against the plain reference."""
     images = rng.random((50, 7, 9)).astype(dtype)
     idx = rng.integers(0, 50, 33)
-    got = imaging.shifted_batch(images, idx, max_shift, np.random.default_rng(11))
+    got = augment.shifted_batch(images, idx, max_shift, np.random.default_rng(11))
     draws = np.random.default_rng(11)
     s = max_shift
     dy = draws.integers(-s, s + 1, 33) if s else np.zeros(33, int)
@@ -161,7 +162,7 @@ def test_shift_is_reproducible_and_changes_training(tmp_path: Path) -> None:
     losses = {}
     for name, shift in (("a", "2"), ("b", "2"), ("none", "0")):
         out = tmp_path / name
-        assert lstmcore.train.main([*flags, "--shift", shift, "--out", str(out)]) == 0
+        assert train.main([*flags, "--shift", shift, "--out", str(out)]) == 0
         losses[name] = final_metrics(out)["test_correct"], _history(out)
     assert losses["a"] == losses["b"]
     assert losses["a"] != losses["none"]

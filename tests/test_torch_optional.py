@@ -24,7 +24,7 @@ def test_import_lstmcore_never_imports_torch() -> None:
     code = (
         "import sys\n"
         "import lstmcore, lstmcore.ops, lstmcore.nn, lstmcore.optim, lstmcore.reference\n"
-        "import lstmcore.model\n"
+        "import lstmcore.mnist.model\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad\n"
         "print('ok')\n"

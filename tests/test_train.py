@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lstmcore import checkpoint, optim, train
-from lstmcore.model import load_network
+from lstmcore import optim
+from lstmcore.cli import train
+from lstmcore.mnist import checkpoint
+from lstmcore.mnist.model import load_network
+from lstmcore.mnist.run import Config, Run, make_model, make_optimizer
+from lstmcore.mnist.stepper import CpuStepper, CudaStepper, divergence
 from lstmcore.nn import SequenceClassifier
-from lstmcore.run import Config, Run, make_model, make_optimizer
-from lstmcore.stepper import CpuStepper, CudaStepper, divergence
 
 QUICK = [
     "--train-subset",
@@ -231,12 +233,15 @@ FLAGS = [
     "--shift",
     "--progress",
     "--no-progress",
+    "--precision",
+    "--patience",
+    "--checkpoint-minutes",
 ]
 
 
 def test_help_documents_every_flag() -> None:
-    """The parser has exactly these flags (a new one must be added here, and to the README's
-    list), and --help explains each of them."""
+    """The parser has exactly these flags (a new one must be added here, and to the flag list
+    of docs/training.md), --help explains each of them, and the docs name every one."""
     parser = train.build_parser()
     actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert sorted(o for a in actions for o in a.option_strings) == sorted(FLAGS)
@@ -245,6 +250,9 @@ def test_help_documents_every_flag() -> None:
         assert action.help and len(action.help) > 8, action.option_strings
         assert " ".join(action.help.split()[:3]) in text, action.option_strings
         assert action.option_strings[0] in text
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    for option in FLAGS:
+        assert f"`{option}" in docs, f"docs/training.md does not list {option}"
 
 
 # ---- flags the run or the data set cannot honour -------------------------------------------
@@ -291,7 +299,7 @@ def test_a_model_too_large_for_memory_is_one_error_line(tmp_path: Path, flags: l
     ("layers", "bidirectional"), [(1, False), (3, False), (1, True), (2, True)]
 )
 def test_the_memory_check_counts_the_models_parameters(layers: int, bidirectional: bool) -> None:
-    from lstmcore.run import parameter_count
+    from lstmcore.mnist.run import parameter_count
 
     cfg = Config(hidden=7, layers=layers, bidirectional=bidirectional)
     model = make_model(cfg, 5, 3, "cpu")
@@ -388,7 +396,7 @@ def test_an_existing_run_is_not_overwritten_without_asking(
 def test_a_run_directory_in_use_is_refused_naming_the_process(
     one_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lstmcore.run import RunLock
+    from lstmcore.mnist.run import RunLock
 
     run = copy_run(one_epoch_run, tmp_path / "run")
     (run / ".last.npz.abc.tmp").write_bytes(b"another process is writing this")
@@ -428,7 +436,7 @@ def forged(path: Path, **model: Any) -> Path:
 def test_evaluate_checks_the_model_description_against_the_arrays(
     tmp_path: Path, model: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lstmcore import evaluate
+    from lstmcore.cli import evaluate
 
     path = forged(tmp_path / "forged.npz", **model)
     assert evaluate.main([str(path)]) == 1
@@ -443,7 +451,7 @@ def test_evaluate_names_a_file_that_is_not_a_checkpoint(
 ) -> None:
     import pickle
 
-    from lstmcore import evaluate
+    from lstmcore.cli import evaluate
 
     path = tmp_path / "thing"
     if kind == "text":
@@ -505,7 +513,8 @@ def test_evaluate_reads_another_data_dir(
     rng: np.random.Generator,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from lstmcore import data, evaluate
+    from lstmcore.cli import evaluate
+    from lstmcore.mnist import data
 
     directory = small_dataset(tmp_path / "set", rng)
     assert evaluate.main([str(one_epoch_run / "best.npz"), "--data-dir", str(directory)]) == 0
@@ -654,7 +663,7 @@ def test_a_second_ctrl_c_during_training_is_one_line_and_status_130(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: interrupted again"), err
     assert f"--resume {run}" in err[0]
-    from lstmcore.run import RunLock
+    from lstmcore.mnist.run import RunLock
 
     with RunLock(run):  # free again
         pass

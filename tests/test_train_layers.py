@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lstmcore import checkpoint, optim
-from lstmcore.cuda_train import CudaSession, param_layout
-from lstmcore.model import load_network
+from lstmcore import optim
+from lstmcore.mnist import checkpoint
+from lstmcore.mnist.cuda_train import CudaSession, param_layout
+from lstmcore.mnist.model import load_network
+from lstmcore.mnist.run import Config, Run
 from lstmcore.nn import SequenceClassifier
-from lstmcore.run import Config, Run
 
 SMALL = Config(
     iters=6,

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmcore import checkpoint, evaluate, train
-from lstmcore.model import load
+from lstmcore.cli import evaluate, train
+from lstmcore.mnist import checkpoint
+from lstmcore.mnist.model import load
 
 QUICK = [
     "--train-subset", "3000", "--val-size", "500", "--hidden", "32", "--batch-size", "50",

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from lstmcore._native import core as _core
 
+if TYPE_CHECKING:  # the application's type, for the signature only
+    from lstmcore.mnist.model import Classifier
+
 __version__ = "0.1.0"
-__all__ = ["__version__", "cuda_available", "get_num_threads", "isa", "set_num_threads"]
+__all__ = ["__version__", "cuda_available", "get_num_threads", "isa", "load", "set_num_threads"]
 
 
 def cuda_available() -> tuple[bool, str]:
@@ -84,4 +88,11 @@ except ValueError as err:
         raise
     print(f"error: {err}", file=sys.stderr)
     raise SystemExit(2) from None
-from lstmcore.model import load as load  # noqa: E402  (after set-up: model imports the core)
+
+
+def load(path: str | os.PathLike[str], precision: str | None = None) -> Classifier:
+    """The trained MNIST classifier in a checkpoint: :func:`lstmcore.mnist.model.load` (the
+    application, imported on first call: ``import lstmcore`` loads the library only)."""
+    from lstmcore.mnist.model import load as load_classifier
+
+    return load_classifier(path, precision=precision)

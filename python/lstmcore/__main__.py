@@ -2,6 +2,6 @@
 
 import sys
 
-from lstmcore.train import main
+from lstmcore.cli.train import main
 
 sys.exit(main())

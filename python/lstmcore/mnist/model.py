@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import checkpoint, ops
+from lstmcore import ops
+from lstmcore.mnist import checkpoint
 from lstmcore.nn import PREDICT_BATCH, SequenceClassifier, upgrade_v01_params
 
 Array = NDArray[Any]

@@ -170,7 +170,7 @@ def make_stepper(
     if device == "cuda":
         if batch is not None:
             raise ValueError("augmented batches (--shift) need --device cpu")
-        from lstmcore.cuda_train import CudaSession
+        from lstmcore.mnist.cuda_train import CudaSession
 
         session = CudaSession(model, opt, images, labels, max_batch=max_batch, clip=clip, tf32=tf32)
         return CudaStepper(model, opt, session, max_loss=max_loss)

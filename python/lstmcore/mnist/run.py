@@ -29,16 +29,17 @@ from typing import Any, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import _files, checkpoint, data, imaging, optim
-from lstmcore.model import TASKS, Task, make_permutation, task_record
+from lstmcore import _files, optim
+from lstmcore.mnist import augment, checkpoint, data
+from lstmcore.mnist.model import TASKS, Task, make_permutation, task_record
+from lstmcore.mnist.report import accuracy_line, confusion_matrix, format_confusion
+from lstmcore.mnist.stepper import Stepper, make_stepper
 from lstmcore.nn import (
     MAX_CHRONO,
     SequenceClassifier,
     upgrade_v01_optim_state,
     upgrade_v01_params,
 )
-from lstmcore.report import accuracy_line, confusion_matrix, format_confusion
-from lstmcore.stepper import Stepper, make_stepper
 
 Array = NDArray[Any]
 
@@ -777,9 +778,9 @@ class Run:
         rng = np.random.default_rng((self.cfg.seed, 1, self.prog.step))
         task, shape = self.data.task, self.data.image_shape
         if task.name == "rows":  # the sequences are the images: one gather by the core
-            return imaging.shifted_batch(self.data.train_x, idx, self.cfg.shift, rng)
+            return augment.shifted_batch(self.data.train_x, idx, self.cfg.shift, rng)
         images = task.images(self.data.train_x[idx], shape)
-        return task.sequences(imaging.random_shift(images, self.cfg.shift, rng))
+        return task.sequences(augment.random_shift(images, self.cfg.shift, rng))
 
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> bool:
         """Trains to the end; True when finished, False when ``stop_requested()`` said so
