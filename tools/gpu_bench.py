@@ -27,7 +27,7 @@ import numpy as np
 
 import lstmcore
 from lstmcore import cuda, ops, optim
-from lstmcore.cuda_train import CudaSession
+from lstmcore.mnist.cuda_train import CudaSession
 from lstmcore.nn import SequenceClassifier
 
 # (label, T, B, I, H): the MNIST row model at two batch sizes and two widths, then pixel MNIST
