@@ -85,15 +85,19 @@ t_all=$(now)
 
 # ---- tools: the cross compiler, qemu-user, debootstrap --------------------------------------
 begin tools "host packages"
+as_root=()  # apt-get and debootstrap need root: sudo where this is not root (as .ci/run does)
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then
+  as_root=(sudo)
+fi
 missing=()
 command -v aarch64-linux-gnu-g++ >/dev/null || missing+=(g++-aarch64-linux-gnu)
 command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "missing ${missing[*]} (install them, or run as root)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+  echo "installing ${missing[*]}"
+  apt_install=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+    --no-install-recommends "${missing[@]}")
+  "${apt_install[@]}" >/dev/null || { "${as_root[@]}" apt-get update -qq && "${apt_install[@]}" >/dev/null; }
 fi
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found (a Debian host is expected)"
 python3 -m pip --version >/dev/null || die "python3 -m pip does not run on the host"
@@ -105,12 +109,13 @@ end
 begin root "Debian $suite arm64: minbase, python3, libpython3-dev"
 key="$suite $mirror minbase python3,libpython3-dev"
 if [ "$(cat "$root/.lstmcore-root" 2>/dev/null)" != "$key" ]; then
-  rm -rf "$root"
+  "${as_root[@]}" rm -rf "$root"
   # first stage only: it resolves and downloads the packages and unpacks the base; the second
   # stage (maintainer scripts) would need to run arm64 code through binfmt_misc and a chroot
-  debootstrap --arch=arm64 --variant=minbase --foreign --include=python3,libpython3-dev \
-    "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+  "${as_root[@]}" debootstrap --arch=arm64 --variant=minbase --foreign \
+    --include=python3,libpython3-dev "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
     { tail -n 20 "$work/debootstrap.log" >&2; die "debootstrap failed (log: $work/debootstrap.log)"; }
+  [ ${#as_root[@]} -eq 0 ] || sudo chown -R "$(id -u):$(id -g)" "$root"
   n=0
   for deb in "$root"/var/cache/apt/archives/*.deb; do
     dpkg-deb -x "$deb" "$root"
