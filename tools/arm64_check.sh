@@ -9,7 +9,7 @@
 #
 # Stages, each timed; each one fails the step loudly (an arm64 run that did not happen is a
 # failure, never a skip):
-#   tools   g++-aarch64-linux-gnu, qemu-user, debootstrap from Debian (apt-get, as root)
+#   tools   g++-aarch64-linux-gnu, qemu-user, debootstrap from Debian (apt-get; sudo if not root)
 #   root    Debian's arm64 minbase + python3 + libpython3-dev: debootstrap's first stage picks
 #           and fetches the packages, dpkg-deb unpacks each (no maintainer script has to run)
 #   wheels  the target's wheels fetched by the host's pip (--platform manylinux aarch64): the
