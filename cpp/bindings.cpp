@@ -62,25 +62,6 @@ struct ForwardContext {
   std::atomic<bool> busy{false};
 };
 
-// Marks a context in use for the lifetime of a call; a second concurrent call raises instead
-// of racing on the buffers (or freeing the arrays the first call reads).
-class InUse {
- public:
-  explicit InUse(ForwardContext& c) : c_(c) {
-    if (c_.busy.exchange(true, std::memory_order_acquire)) {
-      throw std::invalid_argument(
-          "ctx: in use by another thread's lstm_forward or lstm_backward right now (a context "
-          "serves one call at a time: give each thread its own)");
-    }
-  }
-  ~InUse() { c_.busy.store(false, std::memory_order_release); }
-  InUse(const InUse&) = delete;
-  InUse& operator=(const InUse&) = delete;
-
- private:
-  ForwardContext& c_;
-};
-
 // Throws unless `a` still has the shape and data address forward recorded.
 void check_unmoved(const py::array& a, const void* recorded, const char* name,
                    std::int64_t rows, std::int64_t cols) {
@@ -154,7 +135,7 @@ py::tuple forward_impl(const py::object& x, const py::object& h0, const py::obje
 
   py::object ctx_obj = context_for(reuse, d, dt);
   auto& ctx = ctx_obj.cast<ForwardContext&>();
-  const InUse in_use(ctx);  // before anything of a reused context is touched
+  const InUse in_use(ctx.busy);  // before anything of a reused context is touched
   ctx.x = args.x;
   ctx.w_ih = args.w_ih;
   ctx.w_hh = args.w_hh;
@@ -215,7 +196,7 @@ py::tuple forward(const py::object& x, const py::object& h0, const py::object& c
 template <typename S>
 py::tuple backward_impl(ForwardContext& ctx, const py::object& dy_obj,
                         const py::object& dh_n_obj, const py::object& dc_n_obj, bool need_dx) {
-  const InUse in_use(ctx);
+  const InUse in_use(ctx.busy);
   if (!ctx.has_cache) {
     throw std::invalid_argument(
         "ctx: comes from a forward pass with need_cache=False (inference): nothing was kept "

@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
@@ -18,6 +19,26 @@
 namespace lstmcore::boundary {
 
 namespace py = pybind11;
+
+// Marks a context in use for the lifetime of a call (`busy` is the context's flag): a second
+// call on the same context from another thread, while the first computes with the GIL
+// released, raises instead of overwriting (or freeing) what the first one reads.
+class InUse {
+ public:
+  explicit InUse(std::atomic<bool>& busy) : busy_(busy) {
+    if (busy_.exchange(true, std::memory_order_acquire)) {
+      throw std::invalid_argument(
+          "ctx: in use by another thread's lstm_forward or lstm_backward right now (a context "
+          "serves one call at a time: give each thread its own)");
+    }
+  }
+  ~InUse() { busy_.store(false, std::memory_order_release); }
+  InUse(const InUse&) = delete;
+  InUse& operator=(const InUse&) = delete;
+
+ private:
+  std::atomic<bool>& busy_;
+};
 
 using Shape = std::vector<std::int64_t>;
 

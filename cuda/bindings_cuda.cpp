@@ -68,24 +68,6 @@ struct CudaForwardContext {
   std::atomic<bool> busy{false};
 };
 
-// Marks a context in use for the lifetime of a call; a concurrent second call raises.
-class InUse {
- public:
-  explicit InUse(CudaForwardContext& c) : c_(c) {
-    if (c_.busy.exchange(true, std::memory_order_acquire)) {
-      throw std::invalid_argument(
-          "ctx: in use by another thread's lstm_forward or lstm_backward right now (a context "
-          "serves one call at a time: give each thread its own)");
-    }
-  }
-  ~InUse() { c_.busy.store(false, std::memory_order_release); }
-  InUse(const InUse&) = delete;
-  InUse& operator=(const InUse&) = delete;
-
- private:
-  CudaForwardContext& c_;
-};
-
 template <typename S>
 std::size_t n(std::int64_t a, std::int64_t b = 1, std::int64_t c = 1) {
   return static_cast<std::size_t>(a * b * c);
@@ -142,7 +124,7 @@ py::tuple forward_impl(const py::object& x, const py::object& h0, const py::obje
 
   py::object ctx_obj = context_for<S>(reuse, d, dt);
   auto& fc = ctx_obj.cast<CudaForwardContext&>();
-  const InUse in_use(fc);  // before anything of a reused context is touched
+  const InUse in_use(fc.busy);  // before anything of a reused context is touched
   ++fc.generation;
   auto& cache = static_cast<DeviceCache<S>&>(*fc.cache);
   py::array y;  // a placeholder (never written) when y is not wanted
@@ -192,7 +174,7 @@ py::tuple forward_impl(const py::object& x, const py::object& h0, const py::obje
 template <typename S>
 py::tuple backward_impl(CudaForwardContext& fc, const py::object& dy, const py::object& dh_n,
                         const py::object& dc_n, bool need_dx) {
-  const InUse in_use(fc);  // a forward(reuse=) cannot refill the buffers while we read them
+  const InUse in_use(fc.busy);  // a forward(reuse=) cannot refill the buffers while we read them
   const Dims& d = fc.dims;
   const py::dtype& dt = fc.dtype;
   const std::int64_t G = 4 * d.H;
