@@ -4,20 +4,14 @@ installed (each check in a fresh interpreter)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
-
-PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PYTHON_DIR), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
-    )
+    """``code`` in a fresh interpreter that imports the lstmcore this one imports (installed,
+    or the source tree on PYTHONPATH: the environment is passed on unchanged)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
 def test_import_lstmcore_never_imports_torch() -> None:
