@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-PYTHON_DIR = Path(__file__).resolve().parent.parent / "python"
 WORLD = 2
 STEPS = 4
 BATCH = 8  # per step, split evenly between the ranks
@@ -102,8 +101,7 @@ def test_ddp_two_processes_agree_with_one(tmp_path: Path) -> None:
     dist = pytest.importorskip("torch.distributed", reason="torch.distributed is missing")
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PYTHON_DIR), env.get("PYTHONPATH")]))
+    env = dict(os.environ)  # the lstmcore under test: installed, or the tree on PYTHONPATH
     port = free_port()
     procs = [
         subprocess.Popen(
