@@ -29,7 +29,10 @@ trace any module that is one.
   holds ONNX's LSTM operator exactly as before the switch; a program from ``torch.export``
   (which records lstmcore's operators) converts with ``custom_translation_table=``
   :func:`onnx_translation_table`.
-- Threads: the core runs with ``torch.get_num_threads()`` threads and releases the GIL.
+- Threads: the core runs with ``torch.get_num_threads()`` threads and releases the GIL. With
+  more than one, start the process with ``OMP_WAIT_POLICY=PASSIVE``: torch's OpenMP workers
+  otherwise spin after each torch op on the cores the core's threads need (several times
+  the step on a busy machine).
 
 Not supported, each a ValueError naming it (nothing falls back silently): ``proj_size > 0``;
 tensors or parameters off the CPU; dtypes other than float32 and float64 (and float16
