@@ -43,7 +43,6 @@ CASES = {  # (T, B, I, H, classes, variable lengths)
     "padded": (100, 64, 64, 128, 10, False),
     "mnist": (28, 128, 28, 128, 10, False),
 }
-REPO = Path(__file__).resolve().parent.parent
 
 
 def cpu_name() -> str:
@@ -158,8 +157,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def measure(contender: str, case: str, mode: str, threads: int, args: argparse.Namespace) -> float:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
+    env = dict(os.environ)  # the lstmcore this process imports: installed, or PYTHONPATH's
     env["OMP_NUM_THREADS"] = str(threads)
     env["LSTMCORE_NUM_THREADS"] = str(threads)
     if args.omp_passive:
