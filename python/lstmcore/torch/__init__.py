@@ -36,7 +36,7 @@ trace any module that is one.
 
 Not supported, each a ValueError naming it (nothing falls back silently): ``proj_size > 0``;
 tensors or parameters off the CPU; dtypes other than float32 and float64 (and float16
-autocast); TorchScript (``torch.jit.script``).
+autocast). TorchScript (``torch.jit.script``) cannot compile the module (its own error).
 """
 
 from __future__ import annotations
