@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
+
+# the checkout's root: tests/ sits right under it, the test files one folder deeper
+REPO = Path(__file__).resolve().parent.parent
 
 Array = NDArray[Any]
 
@@ -146,3 +152,25 @@ def shifted_image(img: Array, dy: int, dx: int) -> Array:
             if 0 <= y - dy < rows and 0 <= x - dx < cols:
                 out[y, x] = img[y - dy, x - dx]
     return out
+
+
+# ---- the GPU -------------------------------------------------------------------------------------
+
+REQUIRE_GPU = os.environ.get("LSTMCORE_REQUIRE_GPU", "") == "1"
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """pytest.skip, or with LSTMCORE_REQUIRE_GPU=1 a failure with the same reason."""
+    if REQUIRE_GPU:
+        pytest.fail(f"LSTMCORE_REQUIRE_GPU=1 and this test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def cuda_module() -> Any:
+    """lstmcore._cuda where it was built and loads (no GPU needed), else skip saying why."""
+    from lstmcore import cuda
+
+    try:
+        return cuda.load_module()
+    except ImportError as err:
+        skip_or_fail(f"lstmcore._cuda does not load here: {err}")

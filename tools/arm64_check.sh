@@ -314,8 +314,8 @@ for case in cases:
 for arg in sys.argv[2:]:
     if arg.startswith("tests/") and arg.endswith(".py") and passed[arg] == 0:
         problems.append(f"{arg}: no test passed")
-if any(a.startswith("tests/test_isa.py") for a in sys.argv[2:]) and generic == 0:
-    problems.append("tests/test_isa.py: the generic path ran no test")
+if any(a.startswith("tests/unit/test_isa.py") for a in sys.argv[2:]) and generic == 0:
+    problems.append("tests/unit/test_isa.py: the generic path ran no test")
 if not cases or sum(passed.values()) == 0:
     problems.append("no test passed")
 print(f"junit report: {len(cases)} cases, {sum(passed.values())} passed",

@@ -232,7 +232,7 @@ EOF
 # ---- tests: every CUDA test, a skip counts as a failure --------------------------------------
 stage_tests() {
   LSTMCORE_REQUIRE_GPU=1 "$py" -m pytest -q -p no:cacheprovider -rs \
-    --junitxml="$out/tests.xml" tests/test_cuda.py tests/test_cuda_train.py
+    --junitxml="$out/tests.xml" tests/unit/test_cuda.py tests/mnist/test_cuda_train.py
 }
 
 # ---- sanitizer: memcheck and initcheck over a small case ----------------------------------------

@@ -29,9 +29,9 @@ echo "== ASan + UBSan: core, every ISA path, pool, optimizer, boundary and fuzz 
 LD_PRELOAD="$asan $ubsan" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  python -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_fuzz.py \
-    tests/test_reference.py tests/test_isa.py tests/test_pool.py tests/test_optim.py \
-    tests/test_concurrency.py tests/test_ops_checks.py
+  python -m pytest -q -p no:cacheprovider tests/unit/test_ops.py tests/unit/test_fuzz.py \
+    tests/unit/test_reference.py tests/unit/test_isa.py tests/unit/test_pool.py tests/unit/test_optim.py \
+    tests/unit/test_concurrency.py tests/unit/test_ops_checks.py
 deactivate
 
 echo "== valgrind memcheck: a small forward/backward through the regular build"

@@ -4,7 +4,7 @@ NumPy reference and the CPU.
 
 Tests that need a GPU skip with the reason where none is usable; with LSTMCORE_REQUIRE_GPU=1
 (tools/gpu_check.sh sets it) every such skip is a failure carrying the same reason, so a broken
-GPU build can never look green. tests/test_cuda_train.py holds the trainer's GPU tests.
+GPU build can never look green. tests/mnist/test_cuda_train.py holds the trainer's GPU tests.
 """
 
 from __future__ import annotations
@@ -13,18 +13,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import pytest
 
 import lstmcore
-from helpers import make_problem, rel_err
+from helpers import REQUIRE_GPU, cuda_module, make_problem, rel_err, skip_or_fail
 from lstmcore import cuda, ops, optim
 from lstmcore import reference as ref
 from lstmcore.nn import LSTM
 
-REQUIRE_GPU = os.environ.get("LSTMCORE_REQUIRE_GPU", "") == "1"
 AVAILABLE, REASON = lstmcore.cuda_available()
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 SHAPES = [
@@ -38,31 +37,6 @@ SHAPES = [
     (784, 2, 1, 8),  # T*B = 1568 rows: the two-level column sum
     (28, 128, 28, 128),
 ]
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    """pytest.skip, or with LSTMCORE_REQUIRE_GPU=1 a failure with the same reason."""
-    if REQUIRE_GPU:
-        pytest.fail(f"LSTMCORE_REQUIRE_GPU=1 and this test cannot run: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def gpu() -> None:
-    """Skips (or fails, see skip_or_fail) where no CUDA device is usable."""
-    if not AVAILABLE:
-        skip_or_fail(f"CUDA not usable here: {REASON}")
-
-
-needs_gpu = pytest.mark.usefixtures("gpu")
-
-
-def cuda_module() -> Any:
-    """lstmcore._cuda where it was built and loads (no GPU needed), else skip saying why."""
-    try:
-        return cuda.load_module()
-    except ImportError as err:
-        skip_or_fail(f"lstmcore._cuda does not load here: {err}")
 
 
 # ---- the build and the import ----------------------------------------------------------------
@@ -352,7 +326,7 @@ def test_the_host_update_checks_its_arguments() -> None:
 # ---- the ops on the GPU ----------------------------------------------------------------------
 
 
-@needs_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
 def test_gpu_matches_reference(
@@ -368,7 +342,7 @@ def test_gpu_matches_reference(
         assert rel_err(a, b) <= TOL[dtype]
 
 
-@needs_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     "shape",
     [(0, 3, 4, 5), (3, 0, 4, 5), (3, 2, 4, 0), (3, 2, 0, 5), (1, 1, 1, 1)],
@@ -385,7 +359,7 @@ def test_gpu_zero_sizes_match_the_cpu(rng: np.random.Generator, shape: tuple[int
         assert rel_err(a, b) <= 1e-10
 
 
-@needs_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_gpu_none_states_and_gradients_mean_zeros(rng: np.random.Generator, dtype: Any) -> None:
     p = make_problem(rng, 6, 5, 4, 37, dtype=dtype)
@@ -407,7 +381,7 @@ def test_gpu_none_states_and_gradients_mean_zeros(rng: np.random.Generator, dtyp
             assert rel_err(a, b) <= TOL[dtype]
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_gpu_need_dx_false_and_need_y_false(rng: np.random.Generator) -> None:
     p = make_problem(rng, 5, 3, 6, 40)
     y, h_n, c_n, ctx = ops.lstm_forward(*p.inputs(), device="cuda", need_y=False)
@@ -421,7 +395,7 @@ def test_gpu_need_dx_false_and_need_y_false(rng: np.random.Generator) -> None:
         assert rel_err(a, b) <= 1e-10
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_gpu_reuse_overwrites_the_same_context(rng: np.random.Generator) -> None:
     """reuse= keeps the device buffers with the context (nn.LSTM passes each layer's previous
     context: one set of buffers per model); the older LstmContext is then stale."""
@@ -442,7 +416,7 @@ def test_gpu_reuse_overwrites_the_same_context(rng: np.random.Generator) -> None
     assert third.native is not second.native
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_gpu_nn_lstm_keeps_its_buffers(rng: np.random.Generator) -> None:
     layer = LSTM(5, 12, device="cuda", rng=rng)
     x = rng.standard_normal((4, 3, 5)).astype(np.float32)
@@ -452,7 +426,7 @@ def test_gpu_nn_lstm_keeps_its_buffers(rng: np.random.Generator) -> None:
     assert layer._ctx[0] is not None and layer._ctx[0].native is native
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_gpu_results_are_deterministic(rng: np.random.Generator) -> None:
     """No atomics anywhere: the same inputs give the same bits (the bias gradient is the
     two-level column sum)."""

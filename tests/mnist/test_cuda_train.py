@@ -1,6 +1,6 @@
 """The GPU trainer (lstmcore.cuda_train) against the CPU trainer and torch.nn.LSTM, and its
 layout checks. The layout tests run wherever _cuda loads (no GPU needed); the rest skip
-without a GPU, or fail with LSTMCORE_REQUIRE_GPU=1 (see tests/test_cuda.py)."""
+without a GPU, or fail with LSTMCORE_REQUIRE_GPU=1 (see tests/unit/test_cuda.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_cuda import cuda_module, gpu, needs_gpu, skip_or_fail  # noqa: F401 (gpu: fixture)
 
-from helpers import rel_err
-from lstmcore import optim
+from helpers import cuda_module, rel_err, skip_or_fail
+from lstmcore import cuda_available, optim
 from lstmcore.mnist.stepper import CudaStepper
 from lstmcore.nn import SequenceClassifier
 
@@ -104,10 +103,9 @@ def test_a_bad_trainer_configuration_is_refused_before_the_device(
 def test_a_trainer_without_a_gpu_raises_with_the_cuda_error() -> None:
     """Without a usable device the first CUDA call of the constructor fails: a RuntimeError
     naming the call and CUDA's error (the half-made context is freed by RAII), never a crash."""
-    from test_cuda import AVAILABLE
-
+    available, _ = cuda_available()
     module = cuda_module()
-    if AVAILABLE:
+    if available:
         trainer = module.Trainer(**trainer_args())
         assert trainer.param_count == sum(size for _, size in trainer_args()["layout"])
         return
@@ -207,7 +205,7 @@ def assert_tracks(gpu_out: Run, cpu_out: Run, loss_rtol: float, param_tol: float
         assert rel_err(gpu_out.params[name], want) <= param_tol, name
 
 
-@needs_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     "recipe",
     [
@@ -223,12 +221,12 @@ def assert_tracks(gpu_out: Run, cpu_out: Run, loss_rtol: float, param_tol: float
 )
 def test_an_epoch_on_the_gpu_tracks_the_cpu(recipe: Recipe) -> None:
     """One epoch (8 steps, or 4 with a short last batch): the same gradients up to the GEMMs'
-    rounding, the same update rule bit for bit (tests/test_cuda.py), so losses agree to 1e-5
+    rounding, the same update rule bit for bit (tests/unit/test_cuda.py), so losses agree to 1e-5
     and the parameters to 1e-4 relative."""
     assert_tracks(gpu_run(recipe), cpu_run(recipe), loss_rtol=1e-5, param_tol=1e-4)
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_a_small_clip_engages_and_is_applied_as_on_the_cpu() -> None:
     recipe = Recipe(clip=0.05)
     gpu_out, cpu_out = gpu_run(recipe), cpu_run(recipe)
@@ -236,7 +234,7 @@ def test_a_small_clip_engages_and_is_applied_as_on_the_cpu() -> None:
     assert_tracks(gpu_out, cpu_out, loss_rtol=1e-5, param_tol=1e-4)
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_a_longer_gpu_run_tracks_the_cpu_run() -> None:
     """Six epochs (48 Adam steps): float32 rounding differs between cuBLAS and OpenBLAS and
     compounds, so losses agree to 1e-2 relative (stated tolerance), and both fall."""
@@ -246,7 +244,7 @@ def test_a_longer_gpu_run_tracks_the_cpu_run() -> None:
     assert np.mean(gpu_out.losses[-8:]) < np.mean(gpu_out.losses[:8])
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_the_gpu_gradients_are_the_cpus() -> None:
     r = Recipe()
     images, labels, batches = data(r)
@@ -263,7 +261,7 @@ def test_the_gpu_gradients_are_the_cpus() -> None:
     assert abs(norm - total) <= 1e-9 * total
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_twenty_gpu_steps_are_bit_identical_twice() -> None:
     recipe = Recipe(epochs=3)
     a, b = gpu_run(recipe, steps=20), gpu_run(recipe, steps=20)
@@ -272,7 +270,7 @@ def test_twenty_gpu_steps_are_bit_identical_twice() -> None:
         np.testing.assert_array_equal(a.params[name], b.params[name])
 
 
-@needs_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_resuming_through_pull_and_push_continues_the_same_run(optimizer: str) -> None:
     """Steps 1-3 in one session, pulled into a fresh model and optimizer (as a checkpoint
@@ -303,7 +301,7 @@ def test_resuming_through_pull_and_push_continues_the_same_run(optimizer: str) -
         np.testing.assert_array_equal(resumed_model.params[name], want)
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_gpu_predict_equals_the_cpus() -> None:
     r = Recipe(count=300)
     images, _, _ = data(r)
@@ -318,7 +316,7 @@ def test_gpu_predict_equals_the_cpus() -> None:
     assert session.predict(images[:0]).shape == (0,)
 
 
-@needs_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(5, 28, 20), (5, 27, 28), (5, 28)])
 def test_gpu_predict_refuses_another_shape(shape: tuple[int, ...]) -> None:
     r = Recipe()
@@ -328,7 +326,7 @@ def test_gpu_predict_refuses_another_shape(shape: tuple[int, ...]) -> None:
         session.predict(np.zeros(shape, np.float32) + 0.5)
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_a_nan_parameter_leaves_the_parameters_untouched() -> None:
     r = Recipe()
     _, _, batches = data(r)
@@ -344,7 +342,7 @@ def test_a_nan_parameter_leaves_the_parameters_untouched() -> None:
     assert session.trainer.get_state()[2] == 0  # no step counted
 
 
-@needs_gpu
+@pytest.mark.gpu
 def test_one_step_matches_torch_with_cudnn_tf32_off() -> None:
     """The loss and every gradient of one batch against torch.nn.LSTM + Linear on the same GPU
     with cuDNN's and cuBLAS's TF32 off (cuDNN's RNN default allows TF32)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_train import QUICK, TIMING_KEYS, metrics, small_dataset
+from helpers_train import QUICK, TIMING_KEYS, metrics, small_dataset
 
 from lstmcore.cli import train
 from lstmcore.mnist import checkpoint

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 import lstmcore
+from helpers import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 CHECK = ROOT / "tools" / "gpu_check.sh"
 
 
@@ -38,10 +39,10 @@ def summary(out: Path) -> list[str]:
 
 def test_require_gpu_turns_a_skip_into_a_failure_with_the_reason() -> None:
     """A GPU test in a fresh pytest with LSTMCORE_REQUIRE_GPU=1: where no GPU is usable it
-    fails (it skips without the variable: tests/test_cuda.py's skip list), and the failure
+    fails (it skips without the variable: tests/unit/test_cuda.py's skip list), and the failure
     carries the reason; where a GPU is usable it passes."""
     ok, reason = lstmcore.cuda_available()
-    test = "tests/test_cuda.py::test_gpu_need_dx_false_and_need_y_false"
+    test = "tests/unit/test_cuda.py::test_gpu_need_dx_false_and_need_y_false"
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
         cwd=ROOT,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_photos import drawn_digit
+from helpers_photos import drawn_digit
 from trained import trained_run
 
 import lstmcore

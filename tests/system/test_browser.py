@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_photos import CANVAS, number_photos, photograph, random_look, require_system, strokes
-from test_photos import text_ink as font_ink
-from test_serve import served
+from helpers_photos import CANVAS, number_photos, photograph, random_look, require_system, strokes
+from helpers_photos import text_ink as font_ink
+from helpers_serve import served
 from trained import trained_run
 
 from lstmcore.mnist import data

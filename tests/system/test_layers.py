@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "python" / "lstmcore"
+from helpers import REPO
+
+PACKAGE = REPO / "python" / "lstmcore"
 
 # the layers, lowest first; a module may import its own layer and those below
 LAYERS = ("library", "mnist", "bench", "cli")

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers_train import QUICK, cli, metrics, small_dataset
 
+from helpers import REPO
 from lstmcore import optim
 from lstmcore.cli import train
 from lstmcore.mnist import checkpoint
@@ -22,38 +24,6 @@ from lstmcore.mnist.model import load_network
 from lstmcore.mnist.run import Config, Run, make_model, make_optimizer
 from lstmcore.mnist.stepper import CpuStepper, CudaStepper, divergence
 from lstmcore.nn import SequenceClassifier
-
-QUICK = [
-    "--train-subset",
-    "1500",
-    "--val-size",
-    "500",
-    "--hidden",
-    "32",
-    "--batch-size",
-    "50",
-    "--threads",
-    "1",
-    "--quiet",
-]
-TIMING_KEYS = {"seconds", "epoch_seconds", "samples_per_s", "peak_rss_mb"}  # measurements
-
-
-def cli(
-    *args: str, module: str = "lstmcore.train", timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def metrics(run_dir: Path) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def test_short_run_learns_and_writes_its_run_dir(tmp_path: Path) -> None:
@@ -250,7 +220,7 @@ def test_help_documents_every_flag() -> None:
         assert action.help and len(action.help) > 8, action.option_strings
         assert " ".join(action.help.split()[:3]) in text, action.option_strings
         assert action.option_strings[0] in text
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    docs = (REPO / "docs" / "training.md").read_text()
     for option in FLAGS:
         assert f"`{option}" in docs, f"docs/training.md does not list {option}"
 
@@ -488,23 +458,6 @@ def test_a_forged_array_header_in_a_checkpoint_is_refused_before_allocation(
             dst.writestr(info.filename, payload)
     with pytest.raises(checkpoint.CheckpointError, match=r"lstm\.weight_hh_l0.*declares"):
         checkpoint.load(bad)
-
-
-def small_dataset(directory: Path, rng: np.random.Generator, cols: int = 28) -> Path:
-    """An MNIST-format set: 40 training and 10 test images of 28 x cols."""
-    import gzip
-
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", 40), ("t10k", 10)):
-        images = rng.integers(0, 256, (n, 28, cols), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        for name, array in (
-            (f"{prefix}-images-idx3-ubyte", images),
-            (f"{prefix}-labels-idx1-ubyte", labels),
-        ):
-            header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
-            (directory / f"{name}.gz").write_bytes(gzip.compress(header + array.tobytes()))
-    return directory
 
 
 def test_evaluate_reads_another_data_dir(
