@@ -2,7 +2,8 @@
 
 - ``gpu``: needs a usable CUDA device. Skipped with the reason where there is none; with
   LSTMCORE_REQUIRE_GPU=1 (the GPU machine's run) that skip is a failure instead.
-- ``subprocess``: starts another process (the command lines, the kill tests).
+- ``subprocess``: starts another process (the command lines, the kill tests). A test that
+  starts one without the marker fails, so ``-m "not subprocess"`` really runs in one process.
 - ``slow``: takes more than about five seconds on two cores; ``-m "not slow"`` is the quick loop.
 
 The tests are grouped by the layer they exercise: unit/ (the library and its C++ core),
@@ -12,8 +13,11 @@ browser, the GPU check's scripts, the package's layering).
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,3 +41,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         available, reason = lstmcore.cuda_available()
         if not available:
             skip_or_fail(f"CUDA not usable here: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _processes_need_the_marker(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Fails a test that starts a process without ``@pytest.mark.subprocess``."""
+    if request.node.get_closest_marker("subprocess") is not None:
+        yield
+        return
+    real_init = subprocess.Popen.__init__
+    name = request.node.nodeid
+
+    def refusing_init(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+        del self, args, kwargs
+        pytest.fail(f"{name} starts a process: mark it @pytest.mark.subprocess", pytrace=False)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refusing_init)
+    yield
+    monkeypatch.setattr(subprocess.Popen, "__init__", real_init)

@@ -37,6 +37,7 @@ def check_header(report: dict[str, Any]) -> None:
     assert report["ceilings_flops"]["1"] > 1e8  # a real GEMM rate, not a placeholder
 
 
+@pytest.mark.subprocess
 def test_interleaved_quick_run_writes_every_field(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = run_bench("--quick", "--mode", "interleaved", "--threads", "1", "--json", str(out))
@@ -55,6 +56,7 @@ def test_interleaved_quick_run_writes_every_field(tmp_path: Path) -> None:
     assert "CPU:" in done.stdout and "sgemm rate" in done.stdout
 
 
+@pytest.mark.subprocess
 def test_isolated_mode_reports_rounds(tmp_path: Path) -> None:
     out, table = tmp_path / "bench.json", tmp_path / "bench.md"
     cases = ("--cases", "tiny", "tiny-infer", "tiny-varlen")
@@ -83,6 +85,7 @@ def test_isolated_mode_reports_rounds(tmp_path: Path) -> None:
         assert len(lines) == 3 and all(ln.count("|") == lines[0].count("|") for ln in lines)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("precision", ["bf16", "both"])
 def test_precision_selects_the_contenders_and_their_baselines(
     tmp_path: Path, precision: str
@@ -206,6 +209,7 @@ def test_bad_flags_give_one_error_line_before_any_work(
     assert len(errors) == 1, errors
 
 
+@pytest.mark.subprocess
 def test_block_zero_ends(tmp_path: Path) -> None:
     """In a real process too: `--block 0` used to loop forever."""
     done = run_bench("--quick", "--block", "0", timeout=60)
@@ -232,6 +236,7 @@ def test_missing_peers_are_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) 
     assert measure.build_steps(["onnxruntime"], ALL_CASES["tiny-infer"], 1, []) == {}
 
 
+@pytest.mark.subprocess
 def test_a_failing_worker_is_a_note() -> None:
     notes: list[str] = []
     plan = measure.Plan(("lstmcore",), ("no-such-case",), 1, None, 0, 1)

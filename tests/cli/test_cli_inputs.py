@@ -65,6 +65,7 @@ def one_line(text: str) -> str:
 # ---- item 8: inputs that are not regular files ----------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_predict_refuses_fifos_directories_and_devices_and_reads_the_files_after_them(
     tmp_path: Path,
 ) -> None:

@@ -245,6 +245,8 @@ def payloads(model: Any, mnist: data.MnistData) -> list[tuple[bytes, str, Any]]:
     return expected
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_eight_clients_at_once_all_answered_right_memory_flat(
     ckpt: Path, model: Any, mnist: data.MnistData
 ) -> None:

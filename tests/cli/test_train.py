@@ -26,6 +26,8 @@ from lstmcore.mnist.stepper import CpuStepper, CudaStepper, divergence
 from lstmcore.nn import SequenceClassifier
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_short_run_learns_and_writes_its_run_dir(tmp_path: Path) -> None:
     run = tmp_path / "run"
     done = cli(*QUICK, "--epochs", "3", "--out", str(run))
@@ -51,12 +53,16 @@ def test_short_run_learns_and_writes_its_run_dir(tmp_path: Path) -> None:
     assert evaluated.stdout.strip().splitlines()[-1] == last_line
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_same_seed_gives_bit_identical_metrics(tmp_path: Path) -> None:
     for name in ("a", "b"):
         assert cli(*QUICK, "--epochs", "2", "--out", str(tmp_path / name)).returncode == 0
     assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     args = [*QUICK, "--epochs", "4", "--train-subset", "3000"]
     assert cli(*args, "--out", str(tmp_path / "whole")).returncode == 0
@@ -79,6 +85,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> No
     assert metrics(run) == metrics(tmp_path / "whole")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "flags",
     [
@@ -96,6 +103,7 @@ def test_bad_flags_are_usage_errors(flags: list[str]) -> None:
     assert "usage:" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.subprocess
 def test_cuda_without_a_gpu_is_one_clear_line() -> None:
     done = cli("--device", "cuda")
     assert done.returncode == 1
@@ -103,6 +111,7 @@ def test_cuda_without_a_gpu_is_one_clear_line() -> None:
     assert len(lines) == 1 and lines[0].startswith("error: --device cuda: ")
 
 
+@pytest.mark.subprocess
 def test_bad_data_dir_is_one_clear_line(tmp_path: Path) -> None:
     for name in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (tmp_path / name).write_bytes(b"")
@@ -113,6 +122,7 @@ def test_bad_data_dir_is_one_clear_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "train-images-idx3-ubyte" in lines[0], done.stderr
 
 
+@pytest.mark.subprocess
 def test_diverging_run_stops_naming_the_step(tmp_path: Path) -> None:
     run = tmp_path / "run"
     done = cli(
@@ -136,6 +146,7 @@ def test_diverging_run_stops_naming_the_step(tmp_path: Path) -> None:
     assert "loss is" in lines[0] or "not finite" in lines[0]
 
 
+@pytest.mark.subprocess
 def test_tampered_checkpoint_is_refused_before_anything_changes(
     tmp_path: Path, rng: np.random.Generator
 ) -> None:
@@ -228,6 +239,7 @@ def test_help_documents_every_flag() -> None:
 # ---- flags the run or the data set cannot honour -------------------------------------------
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
@@ -246,6 +258,7 @@ def test_values_the_data_cannot_give_are_one_error_line(
     assert not run.exists()  # refused before any work
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "flags",
     [["--hidden", "200000"], ["--layers", "1000000"], ["--layers", "1000", "--hidden", "4096"]],
@@ -276,6 +289,7 @@ def test_the_memory_check_counts_the_models_parameters(layers: int, bidirectiona
     assert parameter_count(cfg, 5, 3) == sum(p.size for p in model.params.values())
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("value", ["0", "100000"])
 def test_thread_counts_outside_the_pools_range_are_usage_errors(value: str) -> None:
     done = cli("--threads", value)
@@ -283,6 +297,7 @@ def test_thread_counts_outside_the_pools_range_are_usage_errors(value: str) -> N
     assert "--threads" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_non_finite_forget_bias_is_a_usage_error(value: str) -> None:
     done = cli("--forget-bias", value)
@@ -290,6 +305,7 @@ def test_non_finite_forget_bias_is_a_usage_error(value: str) -> None:
     assert "--forget-bias" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("value", ["1", "-2", "x", str(2**53 + 1), "9" * 400])
 def test_chrono_outside_its_range_is_a_usage_error(value: str) -> None:
     done = cli("--chrono", value)

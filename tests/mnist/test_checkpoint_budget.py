@@ -399,6 +399,7 @@ def zip_fields(data: bytes) -> list[tuple[int, int]]:
     return fields
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=200)
 @given(case=st.data())
 def test_zip_header_fields_rewritten(
@@ -476,6 +477,7 @@ def mutate_member(
         files[name] += case.draw(st.binary(min_size=1, max_size=64))
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=200)
 @given(case=st.data())
 def test_members_replaced_recompressed_or_resized(

@@ -58,6 +58,7 @@ def test_bundled_pixels_are_bytes_over_255() -> None:
     np.testing.assert_array_equal(mnist.test_images, raw.astype(np.float32) / np.float32(255))
 
 
+@pytest.mark.slow
 def test_a_changed_bundled_file_fails_its_checksum(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -307,6 +308,7 @@ def serve_bundled_mnist() -> list[str]:
     return list(data.MNIST_FILES)
 
 
+@pytest.mark.slow
 def test_load_mnist_downloads_missing_files_into_the_data_dir(
     server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

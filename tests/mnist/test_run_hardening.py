@@ -156,6 +156,7 @@ def test_a_config_json_that_is_not_a_config_is_one_line(
     assert f"{run / 'config.json'}: " in line and problem in line, line
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kind", ["fifo", "directory"])
 def test_a_config_json_that_is_not_a_regular_file_is_refused_unopened(
     base_run: Path, tmp_path: Path, kind: str
@@ -312,6 +313,7 @@ def test_the_lock_names_its_holder_once_held(tmp_path: Path) -> None:
 SIGTERM_RUN = [*QUICK, "--train-subset", "20000", "--batch-size", "10", "--iters", "1000"]
 
 
+@pytest.mark.subprocess
 def test_sigterm_saves_mid_epoch_and_the_run_resumes_where_it_was(tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     assert train.main([*SIGTERM_RUN, "--out", str(whole)]) == 0
@@ -381,6 +383,7 @@ def test_a_second_sigterm_exits_at_once_with_its_status() -> None:
 # ---- item 11: a path that is not UTF-8, floats beyond float32, the environment ---------------
 
 
+@pytest.mark.subprocess
 def test_a_run_directory_whose_name_is_not_utf8_trains_and_resumes(
     base_run: Path, tmp_path: Path
 ) -> None:
@@ -443,6 +446,7 @@ COMMANDS = ["lstmcore", "lstmcore.train", "lstmcore.evaluate", "lstmcore.predict
 COMMANDS += ["lstmcore.export", "lstmcore.bench"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("variable", ["LSTMCORE_NUM_THREADS=abc", "LSTMCORE_ISA=bogus"])
 @pytest.mark.parametrize("module", COMMANDS)
 def test_a_bad_environment_variable_is_one_line_in_every_command(
@@ -463,6 +467,7 @@ def test_a_bad_environment_variable_is_one_line_in_every_command(
     assert len(lines) == 1 and lines[0].startswith(f"error: {name}"), done.stderr
 
 
+@pytest.mark.subprocess
 def test_a_bad_environment_variable_still_raises_in_a_library() -> None:
     env = {**os.environ, "LSTMCORE_NUM_THREADS": "abc"}
     done = subprocess.run(

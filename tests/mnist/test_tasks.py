@@ -175,6 +175,7 @@ def _history(run_dir: Path) -> list[float]:
     return [r["train_loss"] for r in rows if "train_loss" in r]
 
 
+@pytest.mark.subprocess
 def test_shift_with_cuda_is_one_clear_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "lstmcore.train", "--device", "cuda", "--shift", "1"],
@@ -188,6 +189,7 @@ def test_shift_with_cuda_is_one_clear_line() -> None:
     )
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("value", ["5", "100", "-1"])
 def test_shift_beyond_the_digits_margin_is_a_usage_error(value: str) -> None:
     done = subprocess.run(
@@ -215,6 +217,8 @@ def test_progress_bar_only_on_a_terminal_unless_forced(monkeypatch: pytest.Monke
         assert run.Reporter(quiet=True, progress=True).progress is False
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_log_file_gets_epoch_lines_and_no_bar_frames(tmp_path: Path) -> None:
     flags = ["--iters", "4", "--hidden", "8", "--batch-size", "16", "--train-subset", "32"]
     flags += ["--val-size", "100", "--threads", "1"]

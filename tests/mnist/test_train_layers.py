@@ -39,6 +39,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.subprocess
 def test_layer_flags_train_and_save_torch_names(tmp_path: Path) -> None:
     run = tmp_path / "run"
     done = cli(
@@ -64,6 +65,7 @@ def test_layer_flags_train_and_save_torch_names(tmp_path: Path) -> None:
             load_network(str(run / "forged.npz"))
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("flags", "status", "message"),
     [

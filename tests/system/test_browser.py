@@ -162,6 +162,7 @@ def test_the_page_loads_offline_with_ten_empty_bars(browser: Any, url: str) -> N
     assert not errors, errors
 
 
+@pytest.mark.slow
 def test_mnist_digits_drawn_with_the_mouse_are_read_as_they_are_drawn(
     browser: Any, mnist: data.MnistData
 ) -> None:

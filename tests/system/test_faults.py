@@ -1,4 +1,4 @@
-"""Faults: divergence, NaN data, SIGKILL at random moments, a full or read-only disk, memory
+"""Faults: divergence, NaN data, SIGKILL at every kind of moment, a full or read-only disk, memory
 growth over long runs, and concurrent training in two Python threads."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import errno
 import gzip
 import json
 import os
-import random
 import re
 import signal
 import stat
@@ -15,13 +14,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from lstmcore import optim
+from lstmcore import _files, optim
 from lstmcore.cli import train
 from lstmcore.mnist import checkpoint
 from lstmcore.nn import SequenceClassifier
@@ -58,6 +58,7 @@ def assert_complete(path: Path, like: SequenceClassifier) -> dict[str, Any]:
     return meta
 
 
+@pytest.mark.subprocess
 def test_diverging_run_stops_and_keeps_the_last_good_checkpoints(tmp_path: Path) -> None:
     run = tmp_path / "run"
     done = cli(*SMALL, "--epochs", "3", "--lr", "100", "--clip", "0", "--out", str(run))
@@ -120,6 +121,7 @@ def train_on(directory: Path, run: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.subprocess
 def test_nan_in_the_data_stops_naming_the_step(tmp_path: Path) -> None:
     write_float_dataset(tmp_path, with_nan=True)
     done = train_on(tmp_path, tmp_path / "run")
@@ -132,42 +134,96 @@ def test_nan_in_the_data_stops_naming_the_step(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
 
 
-def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: Path) -> None:
-    """>= 20 kills; after each, every checkpoint on disk is complete and --resume goes on."""
+# The moments a kill is sent at, each one an event seen in the run directory from outside (the
+# process is watched, never slept on): at once (Python still starting), while a checkpoint's
+# temporary file exists (mid-write), right after last.npz was renamed into place, and right
+# after a metrics row was written (between saves).
+KILL_MOMENTS = ("at start", "mid-write", "after rename", "after metrics row")
+
+
+class RunDirectory:
+    """What a training run's directory shows from outside, read without opening its files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def inode(self, name: str) -> int | None:
+        try:
+            return (self.path / name).stat().st_ino  # a new file, so a new inode, per rename
+        except FileNotFoundError:
+            return None
+
+    def size(self, name: str) -> int:
+        try:
+            return (self.path / name).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def temporaries(self) -> list[Path]:
+        return sorted(self.path.glob(f".*{_files.TEMP_SUFFIX}"))
+
+
+def wait_for(proc: subprocess.Popen[str], what: str, happened: Callable[[], bool]) -> None:
+    """Polls (every 0.2 ms) until ``happened()``; fails if the run exits first or takes > 120 s."""
+    deadline = time.monotonic() + 120
+    while not happened():
+        if proc.poll() is not None:
+            pytest.fail(f"the run exited ({proc.returncode}) before {what}: {proc.stderr}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within 120 s")
+        time.sleep(0.0002)
+
+
+def kill_at(proc: subprocess.Popen[str], moment: str, run: RunDirectory) -> bool:
+    """Waits for ``moment``, sends SIGKILL; True when a temporary was on disk at the kill."""
+    if moment == "mid-write":
+        wait_for(proc, "a run file being written", lambda: bool(run.temporaries()))
+    elif moment == "after rename":
+        before = run.inode("last.npz")
+        wait_for(proc, "last.npz renamed into place", lambda: run.inode("last.npz") != before)
+    elif moment == "after metrics row":
+        rows = run.size("metrics.jsonl")
+        wait_for(proc, "a metrics row", lambda: run.size("metrics.jsonl") > rows)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return bool(run.temporaries())  # read after the process is gone: nothing can change it
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_sigkill_at_every_kind_of_moment_never_leaves_a_partial_checkpoint(tmp_path: Path) -> None:
+    """24 kills, six at each moment of KILL_MOMENTS; after each, every checkpoint on disk is
+    complete, the metrics are whole epochs in order, and --resume goes on from a later step; a
+    temporary left by a mid-write kill is gone once the next run has saved."""
     run = tmp_path / "run"
+    watched = RunDirectory(run)
     model = SequenceClassifier(hidden_size=16)
-    chooser = random.Random(1234)
-    kills, resumed_from = 0, []
-    # a small data set: the first checkpoint comes 0.7 s after start (2.1 s with the bundled
-    # MNIST, which is verified and decoded on every start), so the kills need shorter waits
     data_dir = write_uint8_dataset(tmp_path / "data", n_train=500)
-    args = [
-        *SMALL[4:],  # the same model and batch size
-        "--data-dir",
-        str(data_dir),
-        "--val-size",
-        "100",
-        "--epochs",
-        "100000",  # never finishes within the test
-    ]
-    while kills < 20:
+    fresh = [*SMALL[4:], "--data-dir", str(data_dir), "--val-size", "100", "--epochs", "100000"]
+    resumed_from: list[int] = []
+    left_mid_write, stale = 0, []
+    for moment in KILL_MOMENTS * 6:
         started = (run / "last.npz").exists()
-        cmd = (
-            ["--resume", str(run), "--threads", "1", "--quiet"]
-            if started
-            else [*args, "--out", str(run), "--overwrite"]  # killed before its first save
-        )
-        proc = subprocess.Popen(
+        if moment != "at start" and not started:
+            moment = "after rename"  # the moments after a save need a run that has saved
+        cmd = ["--resume", str(run), "--threads", "1", "--quiet"] if started else fresh
+        if not started:
+            cmd = [*cmd, "--out", str(run), "--overwrite"]
+        saved_before = watched.inode("last.npz")
+        with subprocess.Popen(
             [sys.executable, "-m", "lstmcore.train", *cmd],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-        )
-        time.sleep(chooser.uniform(0.4, 1.4))
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode in (-signal.SIGKILL, 0), err
-        kills += proc.returncode == -signal.SIGKILL
+        ) as proc:
+            temporary_at_kill = kill_at(proc, moment, watched)
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, (moment, proc.returncode, err)
+        if watched.inode("last.npz") != saved_before:  # this run saved: it cleaned up first
+            assert not set(stale) & set(watched.temporaries()), stale
+        if moment == "mid-write" and temporary_at_kill:
+            left_mid_write += 1
+        stale = watched.temporaries()
         for name in ("last.npz", "best.npz"):
             if (run / name).exists():
                 meta = assert_complete(run / name, model)
@@ -180,8 +236,8 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path: P
         )
         epochs = [r["epoch"] for r in rows if "epoch" in r]
         assert epochs == list(range(1, len(epochs) + 1))
-    assert kills >= 20
-    assert len(resumed_from) >= 10 and resumed_from == sorted(resumed_from)
+    assert left_mid_write >= 1, "no kill landed while a checkpoint was being written"
+    assert len(resumed_from) >= 18 and resumed_from == sorted(resumed_from)
     assert resumed_from[-1] > resumed_from[0]  # resuming made progress across the kills
 
 
@@ -219,6 +275,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(
     assert [p.name for p in tmp_path.iterdir()] == ["last.npz"]
 
 
+@pytest.mark.slow
 def test_the_trainer_reports_a_failed_save_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -37,6 +37,7 @@ def summary(out: Path) -> list[str]:
     return (out / "summary.txt").read_text().splitlines()
 
 
+@pytest.mark.subprocess
 def test_require_gpu_turns_a_skip_into_a_failure_with_the_reason() -> None:
     """A GPU test in a fresh pytest with LSTMCORE_REQUIRE_GPU=1: where no GPU is usable it
     fails (it skips without the variable: tests/unit/test_cuda.py's skip list), and the failure
@@ -59,6 +60,7 @@ def test_require_gpu_turns_a_skip_into_a_failure_with_the_reason() -> None:
     assert reason[:60] in run.stdout
 
 
+@pytest.mark.subprocess
 def test_a_hanging_stage_is_stopped_at_its_limit_and_the_next_one_runs(tmp_path: Path) -> None:
     begin = time.monotonic()
     result = run_check(tmp_path, "--selftest")
@@ -72,12 +74,14 @@ def test_a_hanging_stage_is_stopped_at_its_limit_and_the_next_one_runs(tmp_path:
     assert "==== total" in (tmp_path / "gpu_check.log").read_text()
 
 
+@pytest.mark.subprocess
 def test_a_stage_limit_can_be_set_per_stage(tmp_path: Path) -> None:
     result = run_check(tmp_path, "--selftest", LSTMCORE_GPU_LIMIT_HANG="1")
     assert result.returncode == 1
     assert "TIMEOUT after 1 s (stopped)" in summary(tmp_path)[1]
 
 
+@pytest.mark.subprocess
 def test_a_spent_budget_skips_the_remaining_stages(tmp_path: Path) -> None:
     result = run_check(tmp_path, "--selftest", LSTMCORE_GPU_CHECK_BUDGET="2")
     assert result.returncode == 1
@@ -86,6 +90,7 @@ def test_a_spent_budget_skips_the_remaining_stages(tmp_path: Path) -> None:
     assert all("SKIPPED (the 2 s budget is spent)" in line for line in lines), lines
 
 
+@pytest.mark.subprocess
 def test_without_the_carried_wheels_the_install_fails_and_nothing_builds(tmp_path: Path) -> None:
     """An empty wheel folder: install fails naming what is missing (a wheel, or something the
     machine itself must have), and every later stage is skipped as depending on it."""
@@ -113,11 +118,13 @@ def test_without_the_carried_wheels_the_install_fails_and_nothing_builds(tmp_pat
     assert "run tools/gpu_wheels.sh first" in log or "the machine lacks" in log
 
 
+@pytest.mark.subprocess
 def test_the_scripts_parse() -> None:
     for script in ("gpu_check.sh", "gpu_wheels.sh"):
         subprocess.run(["bash", "-n", str(ROOT / "tools" / script)], check=True)
 
 
+@pytest.mark.subprocess
 def test_usage_without_an_output_folder() -> None:
     result = subprocess.run(["bash", str(CHECK)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "usage: tools/gpu_check.sh OUTDIR" in result.stderr

@@ -83,6 +83,7 @@ def test_no_module_imports_from_a_layer_above_its_own(path: Path) -> None:
         assert RANK[theirs] <= RANK[mine], f"{module_name(path)} ({mine}) imports {name} ({theirs})"
 
 
+@pytest.mark.subprocess
 def test_import_lstmcore_loads_only_the_library() -> None:
     code = (
         "import sys, lstmcore\n"
@@ -94,6 +95,7 @@ def test_import_lstmcore_loads_only_the_library() -> None:
     assert done.stdout.strip() == "[]", done.stdout
 
 
+@pytest.mark.subprocess
 def test_lstmcore_load_is_there_without_importing_the_application_first(tmp_path: Path) -> None:
     """lstmcore.load (the MNIST classifier's loader) imports its layer only when called."""
     code = (

@@ -54,6 +54,7 @@ def test_random_bytes(scratch: Path, payload: bytes) -> None:
     read_bytes_as_idx(scratch, payload)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=1000)
 @given(
     code=st.sampled_from(TYPE_CODES),
@@ -81,6 +82,7 @@ def test_headers_whose_sizes_disagree_with_the_bytes(
         assert got is None
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=600)
 @given(
     n=st.integers(1, 40),

@@ -127,12 +127,14 @@ def _run(code: str, env_isa: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.subprocess
 def test_environment_forces_a_path() -> None:
     done = _run("import lstmcore; print(lstmcore.isa())", "generic")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "generic"
 
 
+@pytest.mark.subprocess
 def test_environment_naming_a_bad_path_fails_at_import_with_the_reason() -> None:
     done = _run("import lstmcore", "avx9000")
     assert done.returncode != 0

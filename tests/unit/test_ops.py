@@ -307,6 +307,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.subprocess
 def test_env_var_sets_default_threads() -> None:
     done = run_python(
         "import lstmcore; print(lstmcore.get_num_threads())", LSTMCORE_NUM_THREADS="1"

@@ -96,6 +96,7 @@ def free_port() -> int:
         return port
 
 
+@pytest.mark.subprocess
 def test_ddp_two_processes_agree_with_one(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch", reason="torch is not installed")
     dist = pytest.importorskip("torch.distributed", reason="torch.distributed is missing")

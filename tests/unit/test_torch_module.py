@@ -576,6 +576,7 @@ def _step(model: Any, tokens: Any) -> tuple[Any, list[Any]]:
     return out.detach(), [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.subprocess
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inductor's own imports
 def test_torch_compile_gives_eager_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """fullgraph=True: dynamo traces the whole module, lstmcore's operators included (a

@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
     """``code`` in a fresh interpreter that imports the lstmcore this one imports (installed,
@@ -14,6 +16,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.subprocess
 def test_import_lstmcore_never_imports_torch() -> None:
     code = (
         "import sys\n"
@@ -28,6 +31,7 @@ def test_import_lstmcore_never_imports_torch() -> None:
     assert done.stdout.strip() == "ok"
 
 
+@pytest.mark.subprocess
 def test_lstmcore_torch_without_torch_says_how_to_install() -> None:
     # sys.modules['torch'] = None makes `import torch` fail as if it were not installed
     code = (
