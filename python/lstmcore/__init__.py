@@ -10,6 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from lstmcore import _precision
 from lstmcore._native import core as _core
 
 if TYPE_CHECKING:  # the application's type, for the signature only
@@ -49,8 +50,7 @@ def isa(precision: str | None = None) -> str:
     Chosen once from the CPU (the widest it runs); the environment variable ``LSTMCORE_ISA``
     forces one, and naming one this CPU lacks is an error at import.
     """
-    if precision not in (None, "fp32", "bf16"):
-        raise ValueError(f"precision: expected None, 'fp32' or 'bf16', got {precision!r}")
+    _precision.check_name(precision)
     path = str(_core.isa())
     return f"emulated on {path}" if precision == "bf16" else path
 

@@ -47,23 +47,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from lstmcore import _precision
 from lstmcore._native import core as _core
 
 __all__ = ["LstmContext", "lstm_backward", "lstm_forward", "matmul"]
 
 _FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _DEVICES = ("cpu", "cuda")
-PRECISIONS = (None, "fp32", "bf16")
+PRECISIONS = _precision.ACCEPTED
 
 
 def check_precision(precision: Any, dtype: np.dtype | None = None, device: str = "cpu") -> str:
     """The core's name for ``precision`` ("native" or "bf16"); ValueError naming
     ``precision`` for an unknown value, float64 arrays with bf16, or bf16 on the GPU."""
-    if precision is not None and not isinstance(precision, str):
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    if precision != "bf16":
+    if _precision.check_name(precision) != "bf16":
         return "native"
     if dtype is not None and dtype != np.float32:
         raise ValueError(f"precision: bf16 runs on float32 arrays, got {dtype}")

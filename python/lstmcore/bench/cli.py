@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import replace
 
-from lstmcore import bench
+from lstmcore import _precision, bench
 from lstmcore.bench.args import MAX_THREADS, int_at_least
 from lstmcore.bench.cases import ALL_CASES, CASE_GROUPS, CASES, QUICK, Case
 from lstmcore.bench.contenders import FAMILIES
@@ -17,7 +17,8 @@ from lstmcore.bench.host import all_cores, header, print_header, sgemm_rates
 from lstmcore.bench.measure import Plan, run_isolated, run_plan
 from lstmcore.bench.tables import markdown_table, print_table, summarise
 
-PRECISIONS = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16")}
+# --precision: one of the library's precisions, or both
+PRECISIONS = {**{name: (name,) for name in _precision.NAMES}, "both": _precision.NAMES}
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import _files, optim
+from lstmcore import _files, _precision, optim
 from lstmcore.mnist import augment, checkpoint, data
 from lstmcore.mnist.model import TASKS, Task, make_permutation, task_record
 from lstmcore.mnist.report import accuracy_line, confusion_matrix, format_confusion
@@ -164,7 +164,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = _precision.NAMES
 MAX_SHIFT = 4  # MNIST's digits fit a 20x20 box centred in 28x28: larger moves would cut them
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
