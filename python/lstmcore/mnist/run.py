@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lstmcore import _files, _precision, optim
+from lstmcore._argtypes import expected_integer
 from lstmcore.mnist import augment, checkpoint, data
 from lstmcore.mnist.model import TASKS, Task, make_permutation, task_record
 from lstmcore.mnist.report import accuracy_line, confusion_matrix, format_confusion
@@ -183,10 +184,9 @@ class Setting:
     def integer(
         cls, minimum: int, maximum: int | None = None, *, optional: bool = False
     ) -> Setting:
-        wanted = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
         return cls(
             int,
-            f"an integer {wanted}",
+            expected_integer(minimum, maximum),
             lambda v: minimum <= v and (maximum is None or v <= maximum),
             optional,
         )
