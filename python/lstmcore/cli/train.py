@@ -358,13 +358,9 @@ def train(args: argparse.Namespace, given: set[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = given_flags(argv)
-    problem = None
-    if args.device == "cuda" and args.shift:
-        problem = "--shift needs --device cpu (the GPU path keeps the training set on the device)"
-    if problem is None:
-        # a new run's model is checked here, before any work; a resumed one when its config is
-        # read
-        problem = check_device(args.device, None if args.resume else config_from_args(args, given))
+    # a new run's settings are checked here, before any work; a resumed one's when its config
+    # is read
+    problem = check_device(args.device, None if args.resume else config_from_args(args, given))
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 1

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import _files, _precision, optim
+from lstmcore import _files, _precision, cuda, optim
 from lstmcore._argtypes import expected_integer
 from lstmcore.mnist import augment, checkpoint, data
 from lstmcore.mnist.model import TASKS, Task, make_permutation, task_record
@@ -356,16 +356,19 @@ def load_run_data(cfg: Config) -> RunData:
 
 
 def unsupported_on_device(cfg: Config, device: str) -> str | None:
-    """Why the model ``cfg`` describes cannot train on ``device``, or None."""
+    """Why the run ``cfg`` describes cannot train on ``device`` (the GPU table's refusal of
+    the first setting it does not run, named as its flag), or None."""
     if device != "cuda":
         return None
-    # the GPU trainer runs one unidirectional layer
-    if cfg.layers > 1:
-        return f"--device cuda trains one LSTM layer: --layers {cfg.layers} is not supported there"
-    if cfg.bidirectional:
-        return "--device cuda trains one direction: --bidirectional is not supported there"
-    if cfg.precision != "fp32":
-        return f"--device cuda trains in float32: --precision {cfg.precision} is CPU only"
+    asked = (
+        ("layers", cfg.layers > 1, f"--layers {cfg.layers}"),
+        ("reverse", cfg.bidirectional, "--bidirectional"),
+        ("bf16", cfg.precision == "bf16", "--precision bf16"),
+        ("shift", cfg.shift > 0, f"--shift {cfg.shift}"),
+    )
+    for key, used, given in asked:
+        if used:
+            return cuda.gpu_feature(key).refusal(given, command_line=True)
     return None
 
 
