@@ -10,6 +10,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from lstmcore import _precision
+from lstmcore._argtypes import MAX_THREADS, usable_cores
 from lstmcore._native import core as _core
 
 if TYPE_CHECKING:  # the application's type, for the signature only
@@ -27,11 +29,12 @@ def cuda_available() -> tuple[bool, str]:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets how many threads the core uses (its BLAS and its own loops); ``n >= 1``."""
+    """Sets how many threads the core uses (its BLAS and its own loops); ``n >= 1``, at most
+    ``lstmcore._argtypes.MAX_THREADS`` (the pool's limit, the ``--threads`` flags' too)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be >= 1 and <= {MAX_THREADS}, got {n}")
     _core.set_num_threads(n)
 
 
@@ -49,8 +52,7 @@ def isa(precision: str | None = None) -> str:
     Chosen once from the CPU (the widest it runs); the environment variable ``LSTMCORE_ISA``
     forces one, and naming one this CPU lacks is an error at import.
     """
-    if precision not in (None, "fp32", "bf16"):
-        raise ValueError(f"precision: expected None, 'fp32' or 'bf16', got {precision!r}")
+    _precision.check_name(precision)
     path = str(_core.isa())
     return f"emulated on {path}" if precision == "bf16" else path
 
@@ -58,18 +60,17 @@ def isa(precision: str | None = None) -> str:
 def _default_threads() -> int:
     """All cores this process may run on, unless LSTMCORE_NUM_THREADS says otherwise."""
     env = os.environ.get("LSTMCORE_NUM_THREADS", "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"LSTMCORE_NUM_THREADS must be a positive integer, got {env!r}")
-        return n
+    if not env:
+        return usable_cores()
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        n = int(env)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(
+            f"LSTMCORE_NUM_THREADS must be a positive integer, at most {MAX_THREADS}, got {env!r}"
+        )
+    return n
 
 
 def _set_up() -> None:

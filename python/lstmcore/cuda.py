@@ -8,6 +8,11 @@ toolkit elsewhere), so cuBLAS is loaded first, globally, from the first of these
 ``sys.path``; ``$CUDA_HOME``, ``$CUDA_PATH`` and ``/usr/local/cuda`` (``lib64``, ``lib``,
 ``targets/x86_64-linux/lib``); then the system loader's own search (``LD_LIBRARY_PATH``,
 ``ldconfig``). Where none has it, the reason names every place looked in.
+
+What the GPU path runs is one table, :data:`GPU_SUPPORT`: every check of the library, the
+MNIST trainer and ``lstmcore.train`` takes its refusal from it (:func:`refuse`,
+:meth:`GpuFeature.refusal`), and docs/gpu.md's table is :func:`support_table`'s output (a test
+compares them).
 """
 
 from __future__ import annotations
@@ -18,10 +23,203 @@ import importlib.util
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["available", "cublas_location", "load_module", "require"]
+__all__ = [
+    "GPU_SUPPORT",
+    "GpuFeature",
+    "GpuUnsupportedError",
+    "available",
+    "cublas_location",
+    "gpu_feature",
+    "load_module",
+    "refuse",
+    "require",
+    "support_table",
+]
+
+
+# ---- what the GPU path supports ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuFeature:
+    """One feature and whether the GPU path runs it. ``api`` and ``flags``: how the library
+    and ``lstmcore.train`` ask for it (none where they cannot); ``note``: the user-facing
+    reason, for a refused feature the sentence every refusal of it carries."""
+
+    key: str
+    feature: str
+    api: tuple[str, ...]
+    flags: tuple[str, ...]
+    supported: bool
+    note: str
+
+    def refusal(self, given: str | None = None, *, command_line: bool = False) -> str:
+        """The one message refusing this feature on the GPU. ``given``: how the caller's
+        input named it (``--layers 3``), else the table's first spelling."""
+        if command_line:
+            where, instead, spellings = "--device cuda", "--device cpu", self.flags
+        else:
+            where, instead, spellings = "device='cuda'", "device='cpu'", self.api
+        named = given or (spellings[0] if spellings else self.feature)
+        return f"{named}: not supported on {where}: {self.note} (use {instead})"
+
+
+class GpuUnsupportedError(ValueError):
+    """A feature the GPU path does not run was asked for on it (there is no silent fallback
+    to the CPU); ``feature`` is its row of :data:`GPU_SUPPORT`."""
+
+    def __init__(self, feature: GpuFeature, message: str) -> None:
+        super().__init__(message)
+        self.feature = feature
+
+
+def _yes(
+    key: str, feature: str, api: tuple[str, ...], flags: tuple[str, ...], note: str
+) -> GpuFeature:
+    return GpuFeature(key, feature, api, flags, True, note)
+
+
+def _no(
+    key: str, feature: str, api: tuple[str, ...], flags: tuple[str, ...], note: str
+) -> GpuFeature:
+    return GpuFeature(key, feature, api, flags, False, note)
+
+
+# the docs' order: what runs, then what is refused
+GPU_SUPPORT: tuple[GpuFeature, ...] = (
+    _yes(
+        "lstm",
+        "one unidirectional LSTM layer, float32 or float64, forward and backward",
+        ('ops.lstm_forward(..., device="cuda")', 'nn.LSTM(..., device="cuda")'),
+        (),
+        "cuBLAS GEMMs and fused cell kernels; the same inputs give the same bits",
+    ),
+    _yes(
+        "buffers",
+        "reused device buffers and skipped outputs",
+        ("reuse=", "need_y=False", "need_dx=False", "for_backward=False"),
+        (),
+        "one set of device buffers per layer, kept from call to call, as on the CPU",
+    ),
+    _yes(
+        "training",
+        "training the MNIST classifier, everything resident on the device",
+        (),
+        ("--device cuda",),
+        "float32; per step only the batch's indices go up and three numbers come back",
+    ),
+    _yes(
+        "optimizers",
+        "Adam, AdamW, SGD with momentum; weight decay; gradient clipping",
+        ("optim.Adam", "optim.SGD"),
+        ("--optimizer {adam,adamw,sgd}", "--weight-decay", "--clip"),
+        "the CPU's update arithmetic, so the same gradients give the CPU's bits",
+    ),
+    _yes(
+        "tf32",
+        "TF32 tensor cores for float32 GEMMs",
+        (),
+        ("--tf32",),
+        "off by default (about 1e-3 relative error); GPU only",
+    ),
+    _no(
+        "layers",
+        "more than one layer",
+        ("num_layers > 1",),
+        ("--layers N",),
+        "the GPU path runs one LSTM layer",
+    ),
+    _no(
+        "reverse",
+        "the reverse direction",
+        ("reverse=True", "bidirectional=True"),
+        ("--bidirectional",),
+        "the GPU path runs the forward direction only",
+    ),
+    _no(
+        "lengths",
+        "variable sequence lengths",
+        ("lengths",),
+        (),
+        "the GPU path runs every sequence over all T steps",
+    ),
+    _no(
+        "bf16",
+        "bf16 GEMM operands",
+        ("precision='bf16'",),
+        ("--precision bf16",),
+        "bf16 runs on the CPU only",
+    ),
+    _no(
+        "stream",
+        "feeding a sequence one step at a time",
+        ("LSTM.stream()",),
+        (),
+        "streaming runs on the CPU only",
+    ),
+    _no(
+        "shift",
+        "augmentation by random shifts",
+        (),
+        ("--shift N",),
+        "the GPU trainer keeps the training set on the device, with no per-batch augmentation",
+    ),
+    _no(
+        "float64_training",
+        "training in float64",
+        ("SequenceClassifier(dtype=np.float64)",),
+        (),
+        "the GPU trainer runs in float32",
+    ),
+    _no(
+        "sgd_variants",
+        "SGD with Nesterov momentum or dampening",
+        ("optim.SGD(nesterov=True)", "optim.SGD(dampening=...)"),
+        (),
+        "the GPU trainer's SGD has plain momentum only",
+    ),
+    _no(
+        "other_optimizers",
+        "any other optimizer",
+        ("optim.Optimizer subclasses",),
+        (),
+        "the GPU trainer runs Adam, AdamW and SGD",
+    ),
+)
+
+_FEATURES = {f.key: f for f in GPU_SUPPORT}
+
+
+def gpu_feature(key: str) -> GpuFeature:
+    """The row of :data:`GPU_SUPPORT` named ``key``."""
+    return _FEATURES[key]
+
+
+def refuse(
+    key: str, given: str | None = None, *, command_line: bool = False
+) -> GpuUnsupportedError:
+    """The error refusing feature ``key`` on the GPU, to raise; ``given`` and
+    ``command_line`` as in :meth:`GpuFeature.refusal`."""
+    feature = _FEATURES[key]
+    if feature.supported:
+        raise ValueError(f"{key}: the GPU supports it, there is nothing to refuse")
+    return GpuUnsupportedError(feature, feature.refusal(given, command_line=command_line))
+
+
+def support_table() -> str:
+    """:data:`GPU_SUPPORT` as the Markdown table in docs/gpu.md."""
+    lines = ["| feature | asked for with | on the GPU |", "| --- | --- | --- |"]
+    for f in GPU_SUPPORT:
+        asked = ", ".join(f"`{s}`" for s in (*f.api, *f.flags))
+        lines.append(f"| {f.feature} | {asked} | {'yes' if f.supported else 'no'}: {f.note} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- loading the module -----------------------------------------------------------------------
 
 _module: ModuleType | None = None
 _reason: str | None = None

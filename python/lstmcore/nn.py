@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import ops
+from lstmcore import cuda, ops
 from lstmcore import reference as ref
 from lstmcore._native import core as _core
 
@@ -145,8 +145,9 @@ class LSTM:
     own generator ``dropout_rng`` (seeded from ``rng``, so a seeded run is reproducible);
     inference (``eval()``, or ``forward(..., for_backward=False)``) never drops.
 
-    ``device="cuda"`` runs one unidirectional layer without ``lengths`` on the GPU; anything
-    else raises ValueError naming the feature (there is no silent fallback to the CPU).
+    ``device="cuda"``: what the GPU path runs is :data:`lstmcore.cuda.GPU_SUPPORT`; anything
+    else raises :class:`lstmcore.cuda.GpuUnsupportedError` (a ValueError) with that table's
+    message for the feature (there is no silent fallback to the CPU).
 
     ``precision``: None (the parameters' dtype, bit for bit as without it), ``"fp32"`` (the
     same) or ``"bf16"`` (float32 layers on the CPU: the GEMM operands rounded to bfloat16,
@@ -179,14 +180,11 @@ class LSTM:
         self.bidirectional, self.batch_first = bool(bidirectional), bool(batch_first)
         self.dropout = float(dropout)
         self.directions = 2 if self.bidirectional else 1
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
-        self.device = device
-        if device == "cuda" and (self.num_layers > 1 or self.bidirectional):
-            feature = "num_layers > 1" if self.num_layers > 1 else "bidirectional"
-            raise ValueError(
-                f"device='cuda' runs one unidirectional layer: {feature} is not supported there"
-            )
+        self.device = ops.check_device(device)
+        if device == "cuda" and self.num_layers > 1:
+            raise cuda.refuse("layers")
+        if device == "cuda" and self.bidirectional:
+            raise cuda.refuse("reverse", "bidirectional=True")
         self.precision = precision  # checked by the setter
         rng = rng if rng is not None else np.random.default_rng()
         is_int = isinstance(chrono, int | np.integer) and not isinstance(chrono, bool)
@@ -362,7 +360,7 @@ class LSTM:
         if self.bidirectional:
             raise ValueError("stream: a bidirectional LSTM needs the whole sequence")
         if self.device != "cpu":
-            raise ValueError(f"stream: runs on the CPU only, got device={self.device!r}")
+            raise cuda.refuse("stream")
         return Stream(self, batch, h0, c0)
 
     def _names(self, layer: int, direction: int) -> tuple[str, str, str, str]:
@@ -403,7 +401,7 @@ class LSTM:
         h0 = self._check_state("h0", h0, batch)
         c0 = self._check_state("c0", c0, batch)
         if lengths is not None and self.device == "cuda":
-            raise ValueError("lengths: variable lengths are not supported on device='cuda'")
+            raise cuda.refuse("lengths")
         if not for_backward:
             with self._inference.borrow() as ctxs:
                 _, y, h_n, c_n = self._run(xt, h0, c0, lengths, ctxs, need_y, False)

@@ -47,28 +47,25 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from lstmcore import _precision, cuda
 from lstmcore._native import core as _core
 
 __all__ = ["LstmContext", "lstm_backward", "lstm_forward", "matmul"]
 
 _FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_DEVICES = ("cpu", "cuda")
-PRECISIONS = (None, "fp32", "bf16")
+DEVICES = ("cpu", "cuda")
+PRECISIONS = _precision.ACCEPTED
 
 
 def check_precision(precision: Any, dtype: np.dtype | None = None, device: str = "cpu") -> str:
     """The core's name for ``precision`` ("native" or "bf16"); ValueError naming
     ``precision`` for an unknown value, float64 arrays with bf16, or bf16 on the GPU."""
-    if precision is not None and not isinstance(precision, str):
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    if precision != "bf16":
+    if _precision.check_name(precision) != "bf16":
         return "native"
     if dtype is not None and dtype != np.float32:
         raise ValueError(f"precision: bf16 runs on float32 arrays, got {dtype}")
     if device != "cpu":
-        raise ValueError(f"precision: bf16 runs on the CPU only, got device={device!r}")
+        raise cuda.refuse("bf16")
     return "bf16"
 
 
@@ -193,17 +190,17 @@ def _check_sizes(args: dict[str, NDArray[Any] | None]) -> tuple[int, int, int, i
     return steps, batch, inputs, hidden
 
 
-def _check_device(device: str) -> None:
-    if device not in _DEVICES:
-        raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
+def check_device(device: Any) -> str:
+    """``device`` when it is one of :data:`DEVICES`, else ValueError naming it."""
+    if not isinstance(device, str) or device not in DEVICES:
+        raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
+    return device
 
 
 def _backend(device: str) -> Any:
-    """The compiled module that runs on ``device`` (the CUDA one is imported lazily)."""
+    """The compiled module that runs on ``device`` (the CUDA one is loaded on first use)."""
     if device == "cpu":
         return _core
-    from lstmcore import cuda
-
     return cuda.require()
 
 
@@ -234,7 +231,7 @@ def lstm_forward(
     ``lstm_backward`` on its context raises ValueError. ``precision``: None / "fp32" (the
     arrays' dtype) or "bf16" (see the module's docstring). A context serves one call at a time.
     """
-    _check_device(device)
+    check_device(device)
     args = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh, "bias": bias}
     for name in ("x", "w_ih", "w_hh", "bias"):  # h0, c0 alone may be None
         if args[name] is None:
@@ -242,9 +239,10 @@ def lstm_forward(
     dtype = _common_dtype(args)
     native_precision = check_precision(precision, dtype, device)
     _check_sizes(args)
-    if device != "cpu" and (reverse or lengths is not None):
-        feature = "reverse=True" if reverse else "lengths"
-        raise ValueError(f"{feature}: not supported on device={device!r} (CPU only for now)")
+    if device != "cpu" and reverse:
+        raise cuda.refuse("reverse", "reverse=True")
+    if device != "cpu" and lengths is not None:
+        raise cuda.refuse("lengths")
     sched = None if lengths is None else _schedule(lengths, x.shape[0], x.shape[1])
     order = None if sched is None else sched.order
     arrays = {name: _contiguous(value) for name, value in args.items()}

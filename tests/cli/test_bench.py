@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lstmcore._argtypes import MAX_THREADS
 from lstmcore.bench import cli, contenders, measure
-from lstmcore.bench.args import MAX_THREADS
 from lstmcore.bench.cases import ALL_CASES, CASE_GROUPS, QUICK, Case, case_lengths, flops
 from lstmcore.bench.contenders import onnx_runtime
 

@@ -14,6 +14,7 @@ from trained import final_metrics, trained_run
 
 import lstmcore
 from helpers import shifted_image
+from lstmcore import cuda
 from lstmcore.cli import evaluate, train
 from lstmcore.mnist import augment, data, run
 from lstmcore.mnist.model import Classifier, Task, make_permutation
@@ -184,9 +185,8 @@ def test_shift_with_cuda_is_one_clear_line() -> None:
         check=False,
     )
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr == (
-        "error: --shift needs --device cpu (the GPU path keeps the training set on the device)\n"
-    )
+    refusal = cuda.gpu_feature("shift").refusal("--shift 1", command_line=True)
+    assert done.stderr == f"error: {refusal}\n"
 
 
 @pytest.mark.subprocess

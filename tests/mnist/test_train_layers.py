@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lstmcore import optim
+from lstmcore import cuda, optim
 from lstmcore.mnist import checkpoint
 from lstmcore.mnist.cuda_train import CudaSession, param_layout
 from lstmcore.mnist.model import load_network
@@ -72,8 +72,16 @@ def test_layer_flags_train_and_save_torch_names(tmp_path: Path) -> None:
         (["--dropout", "1"], 2, "expected a probability in [0, 1)"),
         (["--dropout", "nan"], 2, "expected a probability in [0, 1)"),
         (["--layers", "0"], 2, "expected an integer >= 1"),
-        (["--device", "cuda", "--layers", "2"], 1, "error: --device cuda trains one LSTM layer"),
-        (["--device", "cuda", "--bidirectional"], 1, "error: --device cuda trains one direction"),
+        (
+            ["--device", "cuda", "--layers", "2"],
+            1,
+            "error: " + cuda.gpu_feature("layers").refusal("--layers 2", command_line=True),
+        ),
+        (
+            ["--device", "cuda", "--bidirectional"],
+            1,
+            "error: " + cuda.gpu_feature("reverse").refusal("--bidirectional", command_line=True),
+        ),
     ],
 )
 def test_bad_layer_flags_are_one_clear_error(flags: list[str], status: int, message: str) -> None:

@@ -26,6 +26,7 @@ of those: TOL_FP32 = 16 u = 2^-5 (measured: at most 6e-3 on these shapes).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,7 +36,7 @@ from trained import trained_run
 
 import lstmcore
 from helpers import make_lengths, make_problem, make_stack_params, rel_err
-from lstmcore import nn, ops, reference
+from lstmcore import cuda, nn, ops, reference
 from lstmcore._native import core as _core
 from lstmcore.cli import evaluate
 from lstmcore.mnist import data
@@ -226,7 +227,7 @@ def test_bf16_refuses_float64_and_unknown_precisions(rng: np.random.Generator) -
         ops.lstm_forward(*p.inputs(), precision=16)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^precision: bf16 runs on float32 arrays"):
         nn.LSTM(3, 4, dtype=np.float64, precision="bf16")
-    with pytest.raises(ValueError, match=r"^precision: bf16 runs on the CPU only"):
+    with pytest.raises(cuda.GpuUnsupportedError, match=re.escape(str(cuda.refuse("bf16")))):
         nn.LSTM(3, 4, device="cuda", precision="bf16")
 
 

@@ -9,15 +9,16 @@ import json
 import os
 from dataclasses import replace
 
-from lstmcore import bench
-from lstmcore.bench.args import MAX_THREADS, int_at_least
+from lstmcore import _precision, bench
+from lstmcore._argtypes import integer, threads, usable_cores
 from lstmcore.bench.cases import ALL_CASES, CASE_GROUPS, CASES, QUICK, Case
 from lstmcore.bench.contenders import FAMILIES
-from lstmcore.bench.host import all_cores, header, print_header, sgemm_rates
+from lstmcore.bench.host import header, print_header, sgemm_rates
 from lstmcore.bench.measure import Plan, run_isolated, run_plan
 from lstmcore.bench.tables import markdown_table, print_table, summarise
 
-PRECISIONS = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16")}
+# --precision: one of the library's precisions, or both
+PRECISIONS = {**{name: (name,) for name in _precision.NAMES}, "both": _precision.NAMES}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -35,16 +36,16 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rounds",
-        type=int_at_least(1),
+        type=integer(1),
         default=None,
         help="isolated mode: rounds over all libraries (default 3)",
     )
     parser.add_argument(
         "--threads",
-        type=int_at_least(1, MAX_THREADS),
+        type=threads(),
         nargs="+",
         default=None,
-        help=f"thread counts to run (default: 1 and all cores, here {all_cores()})",
+        help=f"thread counts to run (default: 1 and all cores, here {usable_cores()})",
     )
     parser.add_argument(
         "--cases",
@@ -67,20 +68,20 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--repeats",
-        type=int_at_least(1),
+        type=integer(1),
         default=None,
         help="timed steps per contender (and round) for every case (default: per case, "
         ">= 20 for all but pixel-mnist and varlen-long)",
     )
     parser.add_argument(
         "--warmup",
-        type=int_at_least(0),
+        type=integer(0),
         default=2,
         help="untimed steps per contender before timing (default 2)",
     )
     parser.add_argument(
         "--block",
-        type=int_at_least(1),
+        type=integer(1),
         default=3,
         help="interleaving: timed steps per contender before switching to the next, after one "
         "untimed step (default 3)",
@@ -159,7 +160,7 @@ def selected(args: argparse.Namespace) -> tuple[list[Case], list[str], list[int]
     families = list(args.contenders or FAMILIES)
     if args.no_reference and "reference" in families:
         families.remove("reference")
-    threads = sorted(set(args.threads or {1, all_cores()}))
+    threads = sorted(set(args.threads or {1, usable_cores()}))
     return cases, families, threads
 
 

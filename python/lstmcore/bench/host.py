@@ -10,14 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import lstmcore
+from lstmcore._argtypes import usable_cores
 from lstmcore._native import core
-
-
-def all_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def cpu_model() -> str:
@@ -78,7 +72,7 @@ def header(mode: str, rounds: int, ceilings: dict[int, float]) -> dict[str, Any]
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
-        "usable_cores": all_cores(),
+        "usable_cores": usable_cores(),
         "isa": isa_path(),
         "isa_bf16": lstmcore.isa("bf16"),
         "blas_core": core.blas_core_name(),

@@ -14,6 +14,7 @@ import numpy as np
 from lstmcore.mnist import checkpoint, data
 from lstmcore.mnist.model import load
 from lstmcore.mnist.report import accuracy_line, confusion_matrix, format_confusion
+from lstmcore.mnist.run import PRECISIONS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=PRECISIONS,
         default="fp32",
         help="arithmetic of the LSTM's GEMMs: fp32 (default) or bf16 (bf16-rounded operands, "
         "float32 accumulation); any checkpoint evaluates in either",

@@ -37,6 +37,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from lstmcore._argtypes import duration, integer
 from lstmcore.cli import predict
 from lstmcore.mnist import checkpoint, imaging, model
 
@@ -302,32 +303,30 @@ def main(argv: list[str] | None = None) -> int:
         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it "
         "to every network the machine is on)",
     )
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any)")
+    parser.add_argument(
+        "--port", type=integer(0, 65535), default=8000, help="port (default 8000; 0: any)"
+    )
     parser.add_argument(
         "--max-bytes",
-        type=int,
+        type=integer(1),
         default=MAX_BYTES,
         help=f"largest image body accepted, larger ones get 413 (default {MAX_BYTES})",
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=duration("seconds"),
         default=TIMEOUT,
         help=f"seconds a read from a client may wait; a body must arrive in 3x that "
         f"(default {TIMEOUT:g})",
     )
     parser.add_argument(
         "--max-connections",
-        type=int,
+        type=integer(1),
         default=MAX_CONNECTIONS,
         help=f"connections served at once, more get 503 (default {MAX_CONNECTIONS})",
     )
     parser.add_argument("--log", action="store_true", help="one line per request on stderr")
     args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        parser.error(f"--port must be in 0..65535, got {args.port}")
-    if args.max_bytes < 1 or args.max_connections < 1 or not args.timeout > 0:
-        parser.error("--max-bytes, --max-connections and --timeout must be positive")
     try:
         imaging.require_pillow()
         classifier = predict.load_classifier(args.checkpoint)

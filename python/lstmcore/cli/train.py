@@ -13,7 +13,6 @@ handling and exit statuses. The run itself is :class:`lstmcore.run.Run`.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import lstmcore
+from lstmcore import _argtypes
+from lstmcore._argtypes import choices_metavar
 from lstmcore.mnist import checkpoint, data
 from lstmcore.mnist.model import TASKS
 from lstmcore.mnist.run import (
@@ -38,7 +39,6 @@ from lstmcore.mnist.run import (
     Reporter,
     Run,
     RunError,
-    Setting,
     TrainingError,
     flag,
     unsupported_on_device,
@@ -49,41 +49,11 @@ from lstmcore.mnist.run import (
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def flag_type(setting: Setting) -> Callable[[str], Any]:
-    """An argparse type: the text as the setting's kind, then :meth:`Setting.check` (the
-    check a resumed run's config.json goes through), else a usage error."""
-
-    def parse(text: str) -> Any:
-        try:
-            return setting.check(setting.kind(text))
-        except ValueError:  # int("x") and float("x") too
-            raise argparse.ArgumentTypeError(f"expected {setting.expected}, got {text!r}") from None
-
-    return parse
-
-
 def of(name: str) -> Callable[[str], Any]:
-    """The argparse type of Config field ``name``."""
-    return flag_type(SETTINGS[name])
-
-
-def one_of(options: tuple[str, ...]) -> str:
-    """A metavar listing the choices, as argparse's own choices= would."""
-    return "{" + ",".join(options) + "}"
-
-
-# OpenBLAS's pool has 64 threads at most (more only warn); larger machines may use their cores
-MAX_THREADS = max(64, os.cpu_count() or 1)
-
-
-def positive_minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
-    if not 0 < value <= 10**6:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expected minutes in (0, 1e6], got {text!r}")
-    return value
+    """The argparse type of Config field ``name``: the text as the setting's kind, then
+    :meth:`Setting.check` (the check a resumed run's config.json goes through)."""
+    setting = SETTINGS[name]
+    return _argtypes.parsed(lambda text: setting.check(setting.kind(text)), setting.expected)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--optimizer",
         type=of("optimizer"),
-        metavar=one_of(OPTIMIZERS),
+        metavar=choices_metavar(OPTIMIZERS),
         default=d.optimizer,
         help="adam (L2 weight decay), adamw (decoupled), or sgd",
     )
@@ -148,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--schedule",
         type=of("schedule"),
-        metavar=one_of(SCHEDULES),
+        metavar=choices_metavar(SCHEDULES),
         default=d.schedule,
         help="learning-rate schedule over the whole run (step: x0.1 after each third)",
     )
@@ -194,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         type=of("task"),
-        metavar=one_of(TASKS),
+        metavar=choices_metavar(TASKS),
         default=d.task,
         help="rows: 28 steps of 28 pixels; pixels: 784 steps of 1 pixel; permuted: 784 steps "
         "of 1 pixel in one fixed random order (--perm-seed), stored in the checkpoint",
@@ -216,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         type=of("precision"),
-        metavar=one_of(PRECISIONS),
+        metavar=choices_metavar(PRECISIONS),
         default=d.precision,
         help="the LSTM's GEMM arithmetic: fp32, or bf16 (operands rounded to bfloat16, "
         "float32 accumulation, parameters and optimizer state; checkpoints are float32 "
@@ -231,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=flag_type(Setting.integer(1, MAX_THREADS)),
+        type=_argtypes.threads(),
         default=None,
         help="CPU threads for the core (default: all cores, or LSTMCORE_NUM_THREADS)",
     )
@@ -273,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint-minutes",
-        type=positive_minutes,
+        type=_argtypes.duration("minutes"),
         default=CHECKPOINT_SECONDS / 60,
         help="save last.npz within an epoch at least this often: a resume after a kill "
         "loses at most that much training",
@@ -388,13 +358,9 @@ def train(args: argparse.Namespace, given: set[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = given_flags(argv)
-    problem = None
-    if args.device == "cuda" and args.shift:
-        problem = "--shift needs --device cpu (the GPU path keeps the training set on the device)"
-    if problem is None:
-        # a new run's model is checked here, before any work; a resumed one when its config is
-        # read
-        problem = check_device(args.device, None if args.resume else config_from_args(args, given))
+    # a new run's settings are checked here, before any work; a resumed one's when its config
+    # is read
+    problem = check_device(args.device, None if args.resume else config_from_args(args, given))
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 1

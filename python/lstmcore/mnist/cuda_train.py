@@ -3,7 +3,8 @@ runs in ``lstmcore._cuda.Trainer`` with everything resident on the device. The h
 optimizer are brought up to date only when a checkpoint is written (``pull``) and written to
 the device on start and resume (``push``).
 
-The device trains one unidirectional LSTM layer with torch's parameters, the host model's own
+The device trains one unidirectional LSTM layer (what else it runs and refuses:
+:data:`lstmcore.cuda.GPU_SUPPORT`) with torch's parameters, the host model's own
 names and order (``lstm.weight_ih_l0``, ``lstm.weight_hh_l0``, ``lstm.bias_ih_l0``,
 ``lstm.bias_hh_l0``, ``head.weight``, ``head.bias``): the two biases are summed for the core
 on the device and both receive the sum's gradient, so clipping, Adam/AdamW/SGD and weight
@@ -16,7 +17,7 @@ those differences compound over steps."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +33,39 @@ def param_layout(params: dict[str, Array]) -> list[tuple[str, int]]:
     return [(name, int(value.size)) for name, value in params.items()]
 
 
+class TrainerOptimizer(NamedTuple):
+    """The device optimizer's settings, in the order ``_cuda.Trainer`` takes them (SGD
+    ignores the betas and eps, Adam the momentum)."""
+
+    kind: str  # adam, adamw or sgd
+    momentum: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    eps: float
+
+
+def trainer_optimizer(model: SequenceClassifier, opt: optim.Optimizer) -> TrainerOptimizer:
+    """The trainer's optimizer for ``model`` and ``opt``; :class:`lstmcore.cuda.
+    GpuUnsupportedError`, with the GPU table's message, for what the trainer cannot run.
+    No device work."""
+    if model.dtype != np.float32:
+        raise cuda.refuse("float64_training", f"a {model.dtype} model")
+    if model.lstm.num_layers > 1:
+        raise cuda.refuse("layers", f"num_layers={model.lstm.num_layers}")
+    if model.lstm.bidirectional:
+        raise cuda.refuse("reverse", "bidirectional=True")
+    if isinstance(opt, optim.Adam):
+        kind = "adamw" if opt.decoupled else "adam"
+        return TrainerOptimizer(kind, 0.0, opt.weight_decay, *opt.betas, opt.eps)
+    if not isinstance(opt, optim.SGD):
+        raise cuda.refuse("other_optimizers", f"optimizer {type(opt).__name__}")
+    if opt.nesterov or opt.dampening != 0.0:
+        given = f"optim.SGD(nesterov={opt.nesterov}, dampening={opt.dampening:g})"
+        raise cuda.refuse("sgd_variants", given)
+    return TrainerOptimizer("sgd", opt.momentum, opt.weight_decay, 0.9, 0.999, 1e-8)
+
+
 class CudaSession:
     def __init__(
         self,
@@ -44,27 +78,15 @@ class CudaSession:
         clip: float,
         tf32: bool = False,
     ) -> None:
+        settings = trainer_optimizer(model, opt)
         module = cuda.require()
-        if model.dtype != np.float32:
-            raise ValueError("the CUDA trainer runs in float32")
-        if model.lstm.num_layers != 1 or model.lstm.bidirectional:
-            raise ValueError("the CUDA trainer runs one unidirectional LSTM layer")
         # handed across with the flat buffer and checked against the trainer's own layout:
         # a renamed or reordered parameter raises instead of scrambling the weights
         self.layout = param_layout(model.params)
         self.names = [name for name, _ in self.layout]
         self.sizes = [size for _, size in self.layout]
         self.shapes = [model.params[name].shape for name in self.names]
-        if isinstance(opt, optim.Adam):
-            kind = "adamw" if opt.decoupled else "adam"
-            beta1, beta2, eps, momentum = opt.betas[0], opt.betas[1], opt.eps, 0.0
-        elif isinstance(opt, optim.SGD):
-            if opt.nesterov or opt.dampening != 0.0:
-                raise ValueError("the CUDA trainer's SGD has no Nesterov or dampening")
-            kind, beta1, beta2, eps, momentum = "sgd", 0.9, 0.999, 1e-8, opt.momentum
-        else:
-            raise ValueError(f"the CUDA trainer cannot run {type(opt).__name__}")
-        self.kind = kind
+        self.kind = settings.kind
         config = model.config
         self.trainer = module.Trainer(
             np.ascontiguousarray(images, dtype=np.float32),
@@ -74,12 +96,7 @@ class CudaSession:
             config["hidden_size"],
             config["num_classes"],
             max_batch,
-            kind,
-            momentum,
-            opt.weight_decay,
-            beta1,
-            beta2,
-            eps,
+            *settings,
             clip,
             tf32,
         )

@@ -29,7 +29,8 @@ from typing import Any, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import _files, optim
+from lstmcore import _files, _precision, cuda, optim
+from lstmcore._argtypes import expected_integer
 from lstmcore.mnist import augment, checkpoint, data
 from lstmcore.mnist.model import TASKS, Task, make_permutation, task_record
 from lstmcore.mnist.report import accuracy_line, confusion_matrix, format_confusion
@@ -164,7 +165,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = _precision.NAMES
 MAX_SHIFT = 4  # MNIST's digits fit a 20x20 box centred in 28x28: larger moves would cut them
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -183,10 +184,9 @@ class Setting:
     def integer(
         cls, minimum: int, maximum: int | None = None, *, optional: bool = False
     ) -> Setting:
-        wanted = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
         return cls(
             int,
-            f"an integer {wanted}",
+            expected_integer(minimum, maximum),
             lambda v: minimum <= v and (maximum is None or v <= maximum),
             optional,
         )
@@ -356,16 +356,19 @@ def load_run_data(cfg: Config) -> RunData:
 
 
 def unsupported_on_device(cfg: Config, device: str) -> str | None:
-    """Why the model ``cfg`` describes cannot train on ``device``, or None."""
+    """Why the run ``cfg`` describes cannot train on ``device`` (the GPU table's refusal of
+    the first setting it does not run, named as its flag), or None."""
     if device != "cuda":
         return None
-    # the GPU trainer runs one unidirectional layer
-    if cfg.layers > 1:
-        return f"--device cuda trains one LSTM layer: --layers {cfg.layers} is not supported there"
-    if cfg.bidirectional:
-        return "--device cuda trains one direction: --bidirectional is not supported there"
-    if cfg.precision != "fp32":
-        return f"--device cuda trains in float32: --precision {cfg.precision} is CPU only"
+    asked = (
+        ("layers", cfg.layers > 1, f"--layers {cfg.layers}"),
+        ("reverse", cfg.bidirectional, "--bidirectional"),
+        ("bf16", cfg.precision == "bf16", "--precision bf16"),
+        ("shift", cfg.shift > 0, f"--shift {cfg.shift}"),
+    )
+    for key, used, given in asked:
+        if used:
+            return cuda.gpu_feature(key).refusal(given, command_line=True)
     return None
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from lstmcore import optim
+from lstmcore import cuda, optim
 from lstmcore.nn import SequenceClassifier
 
 Array = NDArray[Any]
@@ -169,7 +169,7 @@ def make_stepper(
     GPU keeps the training set on the device)."""
     if device == "cuda":
         if batch is not None:
-            raise ValueError("augmented batches (--shift) need --device cpu")
+            raise cuda.refuse("shift", command_line=True)
         from lstmcore.mnist.cuda_train import CudaSession
 
         session = CudaSession(model, opt, images, labels, max_batch=max_batch, clip=clip, tf32=tf32)

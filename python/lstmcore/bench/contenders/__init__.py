@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib.util import find_spec
 
+from lstmcore._argtypes import usable_cores
 from lstmcore.bench.contenders import keras_jax, onnx_runtime, ours, pytorch, reference
 from lstmcore.bench.contenders.common import Builder, RefusedError, Step
-from lstmcore.bench.host import all_cores
 
 __all__ = [
     "BASELINES",
@@ -67,6 +67,6 @@ def unavailable(family: str, threads: int) -> str | None:
     if absent:
         names = ", ".join(absent)
         return f"{family} skipped: {names} not importable (pip install {' '.join(absent)})"
-    if family == "keras" and threads != all_cores():
+    if family == "keras" and threads != usable_cores():
         return f"keras runs only with all cores (XLA sizes its pool once), not with {threads}"
     return None
