@@ -33,11 +33,13 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 import lstmcore
-from lstmcore import ops
+from lstmcore import _precision, ops
 
 __all__ = ["PRECISIONS", "lstm", "lstm_backward", "lstm_inference"]
 
-PRECISIONS = ("fp32", "bf16")  # the ops' precision argument: lstmcore.ops's names
+# the operators' precision argument: the library's names (a custom operator's argument is a str,
+# so None, the arrays' own dtype, is spelled "fp32" here)
+PRECISIONS = _precision.NAMES
 
 _CELL_ARGS = (
     "Tensor x, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
