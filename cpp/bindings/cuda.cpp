@@ -1,4 +1,4 @@
-// bindings_cuda.cpp: the Python module lstmcore._cuda (NumPy in, NumPy out).
+// cuda.cpp: the Python module lstmcore._cuda (NumPy in, NumPy out).
 //
 // The same strict boundary as the CPU module: exact dtype, shape, C-contiguous layout, with
 // messages naming the argument. ops-level calls share one Context (handle + stream) per
