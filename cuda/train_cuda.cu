@@ -101,8 +101,9 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
 }
 
-// the optimizer step (optim_cuda.h: the CPU's rules, bit for bit); stats[0] is the sum of
-// squared gradients; the caller has already decided that the step is applied
+// the optimizer step (optim_cuda.h on lstmcore/optim_rule.h: the CPU's rules, bit for bit);
+// stats[0] is the sum of squared gradients; the caller has already decided that the step is
+// applied
 __global__ void update_kernel(float* p, float* m, float* v, const float* grad,
                               const double* stats, std::int64_t P, UpdateRule rule) {
   const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;

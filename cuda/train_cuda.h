@@ -26,7 +26,7 @@ struct TrainerConfig {
   std::int64_t steps = 28, input_size = 28, hidden = 128, classes = 10, max_batch = 128;
   std::string optimizer = "adam";  // adam, adamw or sgd
   // in double, as the host optimizer holds them (Python floats): the update's scalars are
-  // formed from these exactly as the CPU forms them (optim_cuda.h)
+  // formed from these exactly as the CPU forms them (lstmcore/optim_rule.h)
   double momentum = 0.0, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double clip = 0.0;  // max gradient norm; 0: no clipping
   bool tf32 = false;

@@ -10,34 +10,26 @@
 // writing dgates_t; after the loop dW_ih, dW_hh and dx as GEMMs over all rows (OpenBLAS, split
 // by output rows over the pool) and db as an ordered column sum.
 //
-// Threads (a persistent pool): batch row b of every step depends only on row b of the step
-// before, so with enough rows each thread owns a block of rows for the whole sequence and never
-// synchronises; with few rows (B = 1, 16) each thread owns blocks of hidden units (all four
-// gates of them, its slice of W_hh staying in its own cache) and the team meets at one barrier
-// per step. Where neither pays, one thread runs. Every output element is computed by the same
-// operations in the same order whatever the split, so results are bit-identical across thread
-// counts for the recurrence (the OpenBLAS GEMMs keep their own blocking).
+// Threads: schedule.h decides how each recurrence is shared out (rows or unit blocks); the
+// sequence loops here run whatever tile they are given. Every output element is computed by
+// the same operations in the same order whatever the split, so results are bit-identical
+// across thread counts for the recurrence (the OpenBLAS GEMMs keep their own blocking).
 #include "lstmcore/lstm.h"
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <climits>
-#include <map>
-#include <mutex>
-#include <tuple>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <type_traits>
 
 #include "bf16.h"
 #include "blas.h"
 #include "kernels/kernels.h"
 #include "pool.h"
+#include "schedule.h"
 
 namespace lstmcore {
 namespace {
@@ -66,22 +58,6 @@ void copy_or_zero(S* dst, const S* src, i64 n) {
 template <typename S>
 void copy_rows(S* dst, const S* src, i64 n) {
   if (n > 0) std::memcpy(dst, src, sizeof(S) * static_cast<std::size_t>(n));
-}
-
-std::atomic<int> g_threads{0};  // 0: not yet initialised
-
-int default_threads() {
-  unsigned hc = std::thread::hardware_concurrency();
-  return hc == 0 ? 1 : static_cast<int>(hc);
-}
-
-// Calls fn(begin, end) on contiguous blocks of [0, n) over the pool, at most one block per
-// thread and none smaller than min_block.
-template <typename Fn>
-void parallel_blocks(i64 n, i64 min_block, const Fn& fn) {
-  const i64 most = std::max<i64>(1, n / std::max<i64>(1, min_block));
-  const int parts = static_cast<int>(std::min<i64>(get_num_threads(), most));
-  pool::blocks(parts, n, fn);
 }
 
 constexpr i64 kMinRows = 8;  // below this a thread costs more than it saves (BLAS work)
@@ -184,121 +160,6 @@ i64 time_at(i64 s, const Dims& d, bool reverse) { return reverse ? d.T - 1 - s :
 // The slots of h_all / c_all read (prev) and written (next) at time t (see lstm.h).
 i64 prev_slot(i64 t, bool reverse) { return reverse ? t + 1 : t; }
 i64 next_slot(i64 t, bool reverse) { return reverse ? t : t + 1; }
-
-// How the recurrence is shared out.
-enum class Split {
-  kSolo,   // one thread
-  kRows,   // each thread a block of batch rows for the whole sequence, no barrier
-  kUnits,  // each thread a range of unit blocks (panels), one barrier per step
-};
-
-struct Plan {
-  Split split = Split::kSolo;
-  int threads = 1;
-};
-
-// rows: batch rows; tile: rows per register tile; blocks: unit blocks (panels) of the kernel;
-// flops: one step's multiply-adds x2. Rows need a full tile per thread; units need a block per
-// thread and enough work per step to hide a barrier (about 1-2 us here, the measured cost of a
-// barrier on a loaded 2-core VM is well under that, but a step of B=1, H=128 takes ~1 us).
-Plan plan_for(i64 rows, i64 tile, i64 blocks, double flops) {
-  const int n = get_num_threads();
-  Plan p;
-  if (n <= 1 || rows == 0) return p;
-  if (rows >= 2 * tile * n) {
-    p.split = Split::kRows;
-    p.threads = static_cast<int>(std::min<i64>(n, rows / tile));
-    return p;
-  }
-  if (blocks >= 2 && flops >= 1.5e6) {
-    p.split = Split::kUnits;
-    p.threads = static_cast<int>(std::min<i64>(n, blocks));
-    return p;
-  }
-  return p;
-}
-
-// A thread takes its rows through the whole sequence in chunks of at most kRowChunk rows (a
-// multiple of every kernel's row tile), so a chunk's state stays in the core's L2 cache from
-// step to step: one thread over 256 rows ran 10-20% slower per row than over 128 (forward and
-// backward, Intel Xeon), and inference at B=1000 on 2 threads 40% slower per row than at 512.
-// Rows are independent, so the chunks change no result.
-constexpr i64 kRowChunk = 128;
-
-template <typename Fn>
-void for_row_chunks(i64 r0, i64 r1, const Fn& fn) {
-  for (i64 c0 = r0; c0 < r1; c0 += kRowChunk) fn(c0, std::min(r1, c0 + kRowChunk));
-}
-
-// [begin, end) of part k of n items split into `parts`, each boundary a multiple of `tile`
-void tile_range(i64 n, i64 tile, int parts, int k, i64* begin, i64* end) {
-  const i64 tiles = (n + tile - 1) / tile;
-  *begin = std::min(n, tiles * k / parts * tile);
-  *end = std::min(n, tiles * (k + 1) / parts * tile);
-}
-
-// Schedules chosen by timing (as DeepCPU does): where the shape rule offers a multi-thread
-// split, the first calls of each shape alternate it with one thread, four times each, and
-// later calls keep the faster (least of its four times per step). Both give bit-identical
-// results (every element is computed the same way whatever the split), so the choice never
-// changes an answer, only the speed: two threads are never kept where they lose, e.g. a
-// barrier per step on a machine whose other core is busy. Every 500 calls of a shape the
-// choice is measured again (four trials each), as the machine's load changes.
-class Tuner {
- public:
-  struct Key {
-    int kind;  // 0 forward (train), 1 forward (inference), 2 backward
-    int elem;  // sizeof(S)
-    int threads;
-    i64 B, I, H;
-    bool operator<(const Key& o) const {
-      return std::tie(kind, elem, threads, B, I, H) < std::tie(o.kind, o.elem, o.threads, o.B, o.I, o.H);
-    }
-  };
-
-  // the plan to run now, and the slot to report its time to (-1: nothing to report)
-  Plan pick(const Key& key, const Plan& rule, int* slot) {
-    *slot = -1;
-    if (rule.split == Split::kSolo) return rule;
-    std::lock_guard<std::mutex> lock(mutex_);
-    Entry& e = table_[key];
-    if (e.trials >= 2 * kTrials) {
-      // the load of the machine changes: measure again now and then
-      if (++e.kept < kRetune) return e.best[0] <= e.best[1] ? rule : Plan{};
-      e = Entry{};
-    }
-    *slot = e.trials % 2;
-    return *slot == 0 ? rule : Plan{};
-  }
-
-  void report(const Key& key, int slot, double seconds_per_step) {
-    if (slot < 0) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    Entry& e = table_[key];
-    e.best[slot] = std::min(e.best[slot], seconds_per_step);
-    ++e.trials;
-  }
-
- private:
-  static constexpr int kTrials = 4;
-  static constexpr int kRetune = 500;  // calls kept between measurements
-  struct Entry {
-    double best[2] = {1e300, 1e300};  // [rule's split, one thread]
-    int trials = 0;
-    int kept = 0;
-  };
-  std::mutex mutex_;
-  std::map<Key, Entry> table_;
-};
-
-Tuner& tuner() {
-  static Tuner* t = new Tuner();  // NOLINT: lives for the process (used from any thread)
-  return *t;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
 
 }  // namespace
 
@@ -431,7 +292,7 @@ void forward_packed(const LstmCache<S>& cache, const S* x, const S* h0, const S*
   S* h_rounded = nullptr;
   if (bf16) {
     S* x_rounded = scratch<S>(kRoundedX, d.T * B * d.I);
-    parallel_blocks(d.T, min_steps_to_round(B * d.I), [&](i64 t0, i64 t1) {
+    schedule::blocks(d.T, min_steps_to_round(B * d.I), [&](i64 t0, i64 t1) {
       round_n(x_rounded + t0 * B * d.I, x + t0 * B * d.I, (t1 - t0) * B * d.I);
     });
     xs = x_rounded;
@@ -444,16 +305,10 @@ void forward_packed(const LstmCache<S>& cache, const S* x, const S* h0, const S*
   };
   const i64 U = K.fwd_units;
 
-  const Tuner::Key key{cache.tanh_c != nullptr ? 0 : 1, static_cast<int>(sizeof(S)),
-                       get_num_threads(), B, d.I, H};
-  int slot = -1;
-  const Plan plan = tuner().pick(
-      key, plan_for(B, 4, nblk, 8.0 * static_cast<double>(B * H * (H + d.I))), &slot);
-  const auto start = std::chrono::steady_clock::now();
-
-  // step s over rows [r0, r1) and unit blocks [k0, k1); rows past the step's active count
-  // carry their state (only the owner of unit block 0 copies them in the units split)
-  auto step = [&](i64 s, i64 r0, i64 r1, i64 k0, i64 k1, bool carry) {
+  // step s over the tile's rows and unit blocks; rows past the step's active count carry their
+  // state (in the units split only the tile of unit block 0 copies them)
+  auto step = [&](i64 s, const schedule::Tile& w) {
+    const i64 r0 = w.r0, r1 = w.r1, k0 = w.k0, k1 = w.k1;
     const i64 t = time_at(s, d, reverse);
     const i64 n = std::min(r1, active_rows(batch_sizes, d, t));
     const i64 prev_s = prev_slot(t, reverse), next_s = next_slot(t, reverse);
@@ -477,7 +332,7 @@ void forward_packed(const LstmCache<S>& cache, const S* x, const S* h0, const S*
                     std::min(H, k1 * U));
       }
     }
-    if (carry) {
+    if (k0 == 0) {
       const i64 c0r = std::max(r0, n);
       copy_rows(cache.h_all + next + c0r * H, cache.h_all + prev + c0r * H, (r1 - c0r) * H);
       copy_rows(cache.c_all + next + c0r * H, cache.c_all + prev + c0r * H, (r1 - c0r) * H);
@@ -487,32 +342,16 @@ void forward_packed(const LstmCache<S>& cache, const S* x, const S* h0, const S*
     }
   };
 
-  switch (plan.split) {
-    case Split::kSolo:
-      for_row_chunks(0, B, [&](i64 c0, i64 c1) {
-        for (i64 s = 0; s < d.T; ++s) step(s, c0, c1, 0, nblk, true);
-      });
-      break;
-    case Split::kRows:
-      pool::parallel(plan.threads, [&](int tid, pool::Team&) {
-        i64 r0 = 0, r1 = 0;
-        tile_range(B, 4, plan.threads, tid, &r0, &r1);
-        for_row_chunks(r0, r1, [&](i64 c0, i64 c1) {
-          for (i64 s = 0; s < d.T; ++s) step(s, c0, c1, 0, nblk, true);
-        });
-      });
-      break;
-    case Split::kUnits:
-      pool::parallel(plan.threads, [&](int tid, pool::Team& team) {
-        const i64 k0 = nblk * tid / plan.threads, k1 = nblk * (tid + 1) / plan.threads;
-        for (i64 s = 0; s < d.T; ++s) {
-          step(s, 0, B, k0, k1, tid == 0);
-          team.barrier();  // step s+1 reads every unit of h written here
-        }
-      });
-      break;
-  }
-  tuner().report(key, slot, seconds_since(start) / static_cast<double>(d.T));
+  const schedule::Recurrence rec{
+      cache.tanh_c != nullptr ? schedule::Pass::kTrainForward : schedule::Pass::kInferForward,
+      static_cast<int>(sizeof(S)), B, d.I, H, 4, nblk,
+      8.0 * static_cast<double>(B * H * (H + d.I)), d.T};
+  schedule::run(rec, [&](const schedule::Tile& w, const schedule::StepSync& after_step) {
+    for (i64 s = 0; s < d.T; ++s) {
+      step(s, w);
+      after_step();  // step s+1 reads every unit of h written here
+    }
+  });
 }
 
 }  // namespace
@@ -535,7 +374,7 @@ namespace {
 template <typename S>
 void bias_gradient(S* db, const S* dgates, const Dims& d, const i64* batch_sizes) {
   const i64 G = 4 * d.H;
-  parallel_blocks(G, kMinRows, [&](i64 g0, i64 g1) {
+  schedule::blocks(G, kMinRows, [&](i64 g0, i64 g1) {
     std::fill(db + g0, db + g1, S(0));
     for (i64 t = 0; t < d.T; ++t) {
       const i64 r0 = t * d.B, n = active_rows(batch_sizes, d, t);
@@ -553,7 +392,7 @@ template <typename S>
 void weight_gradients(const LstmGrads<S>& grads, const S* dgates, const S* x,
                       const S* h_prev_all, const Dims& d, const i64* batch_sizes) {
   const i64 H = d.H, G = 4 * H, TB = d.T * d.B;
-  parallel_blocks(G, kMinRows, [&](i64 g0, i64 g1) {
+  schedule::blocks(G, kMinRows, [&](i64 g0, i64 g1) {
     const i64 ng = g1 - g0;
     if (batch_sizes == nullptr || d.T == 0) {
       blas::gemm<S>(true, false, ng, d.I, TB, S(1), dgates + g0, G, x, d.I, S(0),
@@ -590,7 +429,7 @@ RoundedOperands<S> round_backward_operands(S* dgates, const S* x, const S* h_pre
   const i64 G = 4 * d.H, B = d.B;
   S* xr = scratch<S>(kRoundedX, d.T * B * d.I);
   S* hr = scratch<S>(kRoundedH, d.T * B * d.H);
-  parallel_blocks(d.T, min_steps_to_round(B * (G + d.I + d.H)), [&](i64 t0, i64 t1) {
+  schedule::blocks(d.T, min_steps_to_round(B * (G + d.I + d.H)), [&](i64 t0, i64 t1) {
     for (i64 t = t0; t < t1; ++t) {
       round_n(dgates + t * B * G, dgates + t * B * G, active_rows(batch_sizes, d, t) * G);
     }
@@ -614,10 +453,10 @@ void input_gradient(S* dx, const S* dgates, const S* w_ih, const Dims& d, const 
                   dx + r0 * d.I, d.I);
   };
   if (batch_sizes == nullptr) {
-    parallel_blocks(d.T * d.B, kMinRows, rows);
+    schedule::blocks(d.T * d.B, kMinRows, rows);
     return;
   }
-  parallel_blocks(d.T, 1, [&](i64 t0, i64 t1) {
+  schedule::blocks(d.T, 1, [&](i64 t0, i64 t1) {
     for (i64 t = t0; t < t1; ++t) {
       const i64 r0 = t * d.B, n = batch_sizes[t];
       rows(r0, r0 + n);
@@ -663,17 +502,12 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
       return bf16 ? dg_rounded + (q % 2) * B * G : dgates + t * B * G;
     };
     const i64 P = K.bwd_units;
-    const Tuner::Key key{2, static_cast<int>(sizeof(S)), get_num_threads(), B, d.I, H};
-    int slot = -1;
-    const Plan plan =
-        tuner().pick(key, plan_for(B, 4, npan, 8.0 * static_cast<double>(B * H * H)), &slot);
-    const auto start = std::chrono::steady_clock::now();
-
     // backward step q (q = 0 is the forward pass's last step) over rows [r0, r1), panels
     // [p0, p1): rows active at the step before in this order take dgates_prev W_hh, rows that
     // start here take dh_n; rows that were active at the step before and are not now (reverse
     // with lengths) have reached their first step: their dh0 is dgates_prev W_hh
-    auto step = [&](i64 q, i64 r0, i64 r1, i64 p0, i64 p1) {
+    auto step = [&](i64 q, const schedule::Tile& w) {
+      const i64 r0 = w.r0, r1 = w.r1, p0 = w.k0, p1 = w.k1;
       const i64 s = d.T - 1 - q;
       const i64 t = time_at(s, d, reverse);
       const i64 n = std::min(r1, active_rows(batch_sizes, d, t));
@@ -714,7 +548,8 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
       if (dg_prev != nullptr) flush(dg_prev, std::max(r0, n), n_prev);
     };
     // after the last step: dh0 of every row active there (reads all of that step's dgates)
-    auto flush_last = [&](i64 r0, i64 r1, i64 p0, i64 p1) {
+    auto flush_last = [&](const schedule::Tile& w) {
+      const i64 r0 = w.r0, r1 = w.r1, p0 = w.k0, p1 = w.k1;
       const i64 t = time_at(0, d, reverse);
       const i64 n = std::min(r1, active_rows(batch_sizes, d, t));
       if (n <= r0) return;
@@ -723,35 +558,16 @@ void lstm_backward(const LstmGrads<S>& grads, S* dgates, const LstmConstCache<S>
       K.bwd_step(a, r0, n, p0, p1);
     };
 
-    switch (plan.split) {
-      case Split::kSolo:
-        for_row_chunks(0, B, [&](i64 c0, i64 c1) {
-          for (i64 q = 0; q < d.T; ++q) step(q, c0, c1, 0, npan);
-          flush_last(c0, c1, 0, npan);
-        });
-        break;
-      case Split::kRows:
-        pool::parallel(plan.threads, [&](int tid, pool::Team&) {
-          i64 r0 = 0, r1 = 0;
-          tile_range(B, 4, plan.threads, tid, &r0, &r1);
-          for_row_chunks(r0, r1, [&](i64 c0, i64 c1) {
-            for (i64 q = 0; q < d.T; ++q) step(q, c0, c1, 0, npan);
-            flush_last(c0, c1, 0, npan);
-          });
-        });
-        break;
-      case Split::kUnits:
-        pool::parallel(plan.threads, [&](int tid, pool::Team& team) {
-          const i64 p0 = npan * tid / plan.threads, p1 = npan * (tid + 1) / plan.threads;
-          for (i64 q = 0; q < d.T; ++q) {
-            step(q, 0, B, p0, p1);
-            team.barrier();  // the next step reads every column of the dgates written here
-          }
-          flush_last(0, B, p0, p1);
-        });
-        break;
-    }
-    tuner().report(key, slot, seconds_since(start) / static_cast<double>(d.T));
+    const schedule::Recurrence rec{schedule::Pass::kBackward, static_cast<int>(sizeof(S)),
+                                   B, d.I, H, 4, npan, 8.0 * static_cast<double>(B * H * H),
+                                   d.T};
+    schedule::run(rec, [&](const schedule::Tile& w, const schedule::StepSync& after_step) {
+      for (i64 q = 0; q < d.T; ++q) {
+        step(q, w);
+        after_step();  // the next step reads every column of the dgates written here
+      }
+      flush_last(w);
+    });
   }
 
   // the state each step read: slot t (forward) or t+1 (reverse), so rows line up with dgates
@@ -778,18 +594,6 @@ void matmul(S* c, const S* a, const S* b, i64 M, i64 N, i64 K, i64 lda, i64 ldb,
             bool trans_b) {
   check_matmul(M, N, K);
   blas::gemm<S>(trans_a, trans_b, M, N, K, S(1), a, lda, b, ldb, S(0), c, N);
-}
-
-void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
-  g_threads.store(n);
-  // BLAS runs single-threaded inside each of our blocks; its own pool would fight ours
-  blas::set_threads(1);
-}
-
-int get_num_threads() {
-  int n = g_threads.load();
-  return n > 0 ? n : default_threads();
 }
 
 const char* blas_core_name() { return blas::core_name(); }

@@ -1,14 +1,16 @@
 // optim_cpu.cpp: Adam's update and the sum of squares (see lstmcore/optim.h).
 //
-// Compiled without -ffp-contract=fast (only the kernels of kernels/ have it): every operation
-// rounds as NumPy's does, in the same order, so the update equals the NumPy transcription
-// bit for bit (denormals aside).
+// The element rule is lstmcore/optim_rule.h's, shared with the GPU trainer. Compiled with
+// -ffp-contract=off (only the kernels of kernels/ fuse): every operation rounds as NumPy's
+// does, in the same order, so the update equals the NumPy transcription bit for bit
+// (denormals aside).
 #include "lstmcore/optim.h"
 
 #include <cmath>
 #include <stdexcept>
 #include <string>
 
+#include "lstmcore/optim_rule.h"
 #include "pool.h"
 
 namespace lstmcore {
@@ -23,42 +25,21 @@ void check_adam(const AdamHyper& h) {
 
 namespace {
 
-// The scalars as NumPy forms them: in double, then rounded to S where they meet an array.
-template <typename S>
-struct AdamScalars {
-  S beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bias_correction2_sqrt, eps;
-  S decay;  // L2: added to the gradient as decay * p
-  S keep;   // decoupled: p scaled by keep = 1 - lr * weight_decay
-  explicit AdamScalars(const AdamHyper& h)
-      : beta1(static_cast<S>(h.beta1)),
-        beta2(static_cast<S>(h.beta2)),
-        one_minus_beta1(static_cast<S>(1.0 - h.beta1)),
-        one_minus_beta2(static_cast<S>(1.0 - h.beta2)),
-        step_size(static_cast<S>(h.lr / (1.0 - std::pow(h.beta1, static_cast<double>(h.step))))),
-        bias_correction2_sqrt(
-            static_cast<S>(std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(h.step))))),
-        eps(static_cast<S>(h.eps)),
-        decay(static_cast<S>(h.weight_decay)),
-        keep(static_cast<S>(1.0 - h.lr * h.weight_decay)) {}
-};
-
-enum class Decay { kNone, kL2, kDecoupled };
+using optim::Decay;
 
 // One pass; the decay mode is a template argument so the loop has no branch and vectorizes.
+// The element works on locals: references into the arrays would hide __restrict from GCC,
+// which then checks for overlap at run time and keeps a scalar copy of the loop. (Stored in
+// the rule's order, m, v, p: GCC then schedules the loop as tightly as the inline original.)
 template <typename S, Decay kDecay>
 void adam_pass(S* __restrict p, const S* __restrict g, S* __restrict m, S* __restrict v,
-               std::int64_t n, const AdamScalars<S> a) {
+               std::int64_t n, const optim::AdamScalars<S> a) {
   for (std::int64_t k = 0; k < n; ++k) {
-    S pk = p[k];
-    S gk = g[k];
-    if (kDecay == Decay::kDecoupled) pk = pk * a.keep;
-    if (kDecay == Decay::kL2) gk = gk + a.decay * pk;
-    const S mk = m[k] * a.beta1 + a.one_minus_beta1 * gk;
-    const S vk = v[k] * a.beta2 + a.one_minus_beta2 * gk * gk;
-    const S denom = std::sqrt(vk) / a.bias_correction2_sqrt + a.eps;
+    S pk = p[k], mk = m[k], vk = v[k];
+    optim::adam_element(pk, mk, vk, g[k], a, kDecay);
     m[k] = mk;
     v[k] = vk;
-    p[k] = pk - a.step_size * (mk / denom);
+    p[k] = pk;
   }
 }
 
@@ -68,13 +49,17 @@ template <typename S>
 void adam_update(S* p, const S* g, S* m, S* v, std::int64_t n, const AdamHyper& h) {
   check_adam(h);
   const pool::DenormalsAreZero daz;
-  const AdamScalars<S> a(h);
-  if (h.weight_decay == 0.0) {
-    adam_pass<S, Decay::kNone>(p, g, m, v, n, a);
-  } else if (h.decoupled) {
-    adam_pass<S, Decay::kDecoupled>(p, g, m, v, n, a);
-  } else {
-    adam_pass<S, Decay::kL2>(p, g, m, v, n, a);
+  const auto a = optim::adam_scalars<S>(h);
+  switch (optim::adam_decay(h)) {
+    case Decay::kNone:
+      adam_pass<S, Decay::kNone>(p, g, m, v, n, a);
+      break;
+    case Decay::kL2:
+      adam_pass<S, Decay::kL2>(p, g, m, v, n, a);
+      break;
+    case Decay::kDecoupled:
+      adam_pass<S, Decay::kDecoupled>(p, g, m, v, n, a);
+      break;
   }
 }
 

@@ -5,7 +5,8 @@
 // is one pass. The arithmetic is NumPy's, operation by operation, in the parameter's precision
 // (the scalars rounded to it first), so results equal lstmcore.optim's NumPy transcription
 // bit for bit, except that denormal results are flushed to zero as everywhere in the core
-// (pool.h, DenormalsAreZero).
+// (pool.h, DenormalsAreZero). The update of one element is lstmcore/optim_rule.h's, which the
+// GPU trainer's update kernel runs too.
 #pragma once
 
 #include <cstdint>

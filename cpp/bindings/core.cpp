@@ -1,4 +1,4 @@
-// bindings.cpp: the Python module lstmcore._core.
+// core.cpp: the Python module lstmcore._core.
 //
 // The boundary is strict: every array must already have the expected dtype, ndim, shape,
 // C-contiguous layout and alignment (the Python layer converts once, on purpose). Messages name

@@ -1,4 +1,4 @@
-// bindings_cuda.cpp: the Python module lstmcore._cuda (NumPy in, NumPy out).
+// cuda.cpp: the Python module lstmcore._cuda (NumPy in, NumPy out).
 //
 // The same strict boundary as the CPU module: exact dtype, shape, C-contiguous layout, with
 // messages naming the argument. ops-level calls share one Context (handle + stream) per
@@ -229,7 +229,7 @@ py::tuple backward_impl(CudaForwardContext& fc, const py::object& dy, const py::
 }
 
 // The device's optimizer rule run on the host over arrays, for tests without a GPU:
-// update_element (optim_cuda.h) is the kernel's own code.
+// update_element (cuda/optim_cuda.h, on lstmcore/optim_rule.h) is the kernel's own code.
 void host_update(const py::object& p_obj, const py::object& g_obj, const py::object& m_obj,
                  const py::object& v_obj, const std::string& optimizer, double lr,
                  double momentum, double weight_decay, double beta1, double beta2, double eps,
