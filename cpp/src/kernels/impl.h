@@ -10,41 +10,31 @@
 // Every output element is computed by the same sequence of operations whichever thread or tile
 // computes it (the K loop always runs in order 0..K-1 on one accumulator lane), so the result
 // does not depend on how the work is split.
-#include <cstdint>
-#include <cstring>
-
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include "kernels.h"
 
-// the scalar cell math (float64 forward) compiled into this ISA's own namespace
+// cell.h's cell and its primitives on this ISA's vectors, compiled into this ISA's own namespace
 #define LSTMCORE_CELL_NS lstmcore::kern::LSTMCORE_KERNEL_NS::cellmath
-#include "lstmcore/cell.h"
+#include "cell_vec.h"
 
 #define LSTMCORE_AI inline __attribute__((always_inline))
 
 namespace lstmcore::kern::LSTMCORE_KERNEL_NS {
 namespace {
 
-constexpr int VB = LSTMCORE_VBYTES;
-typedef float vf __attribute__((vector_size(VB)));
-typedef std::int32_t vi __attribute__((vector_size(VB)));
-typedef double vd __attribute__((vector_size(VB)));
+using cellmath::vd;
+using cellmath::vf;
 
 template <typename S>
 struct VT;
 template <>
 struct VT<float> {
   using V = vf;
-  using I = vi;
-  static constexpr int N = VB / 4;
+  static constexpr int N = LSTMCORE_VBYTES / 4;
 };
 template <>
 struct VT<double> {
   using V = vd;
-  static constexpr int N = VB / 8;
+  static constexpr int N = LSTMCORE_VBYTES / 8;
 };
 
 template <typename V, typename S>
@@ -83,64 +73,6 @@ LSTMCORE_AI void store_m(S* p, V v, i64 n, bool full) {
   }
 }
 LSTMCORE_AI i64 imin(i64 a, i64 b) { return a < b ? a : b; }
-
-// ---- float activations: the algorithms of cell.h's exp_act/tanh_act<float>, on vectors ----
-LSTMCORE_AI vf vexp(vf x) {
-  x = x < -87.0f ? vf{} - 87.0f : x;
-  x = x > 88.0f ? vf{} + 88.0f : x;
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-  const vf n = (x * 1.44269504088896341f + shifter) - shifter;
-  const vf r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
-  vf p = vf{} + 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const vf n_defined = n == n ? n : vf{};  // NaN in: keep the int conversion defined
-  const vi bits = (__builtin_convertvector(n_defined, vi) + 127) << 23;
-  return p * __builtin_bit_cast(vf, bits);
-}
-// 1/x: the hardware estimate refined by one Newton step where there is one (rcp14: relative
-// error 2^-14, after the step about 2^-28; rcp on AVX2: 2^-12, after the step about 2^-23, near
-// float resolution), a division elsewhere. A zmm division has a throughput of about 16 cycles
-// and the cell needs five per vector: the estimate cut the cell's cost by about a third.
-LSTMCORE_AI vf vrcp(vf x) {
-#if defined(__AVX512F__) && LSTMCORE_VBYTES == 64
-  const vf r = __builtin_bit_cast(vf, _mm512_rcp14_ps(__builtin_bit_cast(__m512, x)));
-  return r * (2.0f - x * r);
-#elif defined(__AVX2__) && LSTMCORE_VBYTES == 32
-  const vf r = __builtin_bit_cast(vf, _mm256_rcp_ps(__builtin_bit_cast(__m256, x)));
-  return r * (2.0f - x * r);
-#else
-  return 1.0f / x;
-#endif
-}
-// sigmoid from exp (relative accuracy kept for very negative x, where 1 - tanh would cancel)
-LSTMCORE_AI vf vsigmoid(vf x) { return vrcp(1.0f + vexp(-x)); }
-// tanh as a rational function (odd degree-13 numerator over even degree-6 denominator, the
-// form and coefficients of Eigen's fast float tanh): no exp, no branch, one reciprocal. Inputs
-// are clamped to [-9, 9], beyond which tanh is 1 to float precision; measured against float64
-// tanh on a 2e6-point grid of [-9, 9]: max error 3.9e-7 absolute and relative. NaN propagates
-// (comparisons with NaN are false, so the clamps keep it).
-LSTMCORE_AI vf vtanh(vf x) {
-  x = x > 9.0f ? vf{} + 9.0f : x;
-  x = x < -9.0f ? vf{} - 9.0f : x;
-  const vf x2 = x * x;
-  vf p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * x;
-  vf q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  return p * vrcp(q);
-}
 
 // ---- packing ----
 template <typename S>
@@ -245,41 +177,18 @@ LSTMCORE_AI void fwd_tile(const FwdStep<S>& a, i64 r, i64 blk) {
 #pragma GCC unroll 8
   for (int rr = 0; rr < RR; ++rr) {
     const i64 row = r + rr, o = row * H + j0;
-    if constexpr (sizeof(S) == 4) {
-      const V i = vsigmoid(acc[rr][0]), f = vsigmoid(acc[rr][1]), g = vtanh(acc[rr][2]),
-              og = vsigmoid(acc[rr][3]);
-      const V c = f * load_m<V>(a.c_prev + o, nu, full) + i * g;
-      const V tc = vtanh(c);
-      store_m(a.c_next + o, c, nu, full);
-      store_m(a.h_next + o, og * tc, nu, full);
-      if (a.gates != nullptr) {
-        S* gp = a.gates + row * G + j0;
-        store_m(gp, i, nu, full);
-        store_m(gp + H, f, nu, full);
-        store_m(gp + 2 * H, g, nu, full);
-        store_m(gp + 3 * H, og, nu, full);
-      }
-      if (a.tanh_c != nullptr) {
-        store_m(a.tanh_c + o, tc, nu, full);
-      }
-    } else {
-      // float64: the scalar cell of cell.h (libm exp and tanh: the tests ask for 1e-10)
-      S t[4][U];
-      for (int g = 0; g < 4; ++g) storeu(t[g], acc[rr][g]);
-      for (i64 u = 0; u < nu; ++u) {
-        const auto s = cellmath::cell_forward(t[0][u], t[1][u], t[2][u], t[3][u], a.c_prev[o + u]);
-        a.c_next[o + u] = s.c;
-        a.h_next[o + u] = s.h;
-        if (a.gates != nullptr) {
-          S* gp = a.gates + row * G + j0 + u;
-          gp[0] = s.i;
-          gp[H] = s.f;
-          gp[2 * H] = s.g;
-          gp[3 * H] = s.o;
-        }
-        if (a.tanh_c != nullptr) a.tanh_c[o + u] = s.tanh_c;
-      }
+    const auto s = cellmath::cell_forward(acc[rr][0], acc[rr][1], acc[rr][2], acc[rr][3],
+                                          load_m<V>(a.c_prev + o, nu, full));
+    store_m(a.c_next + o, s.c, nu, full);
+    store_m(a.h_next + o, s.h, nu, full);
+    if (a.gates != nullptr) {
+      S* gp = a.gates + row * G + j0;
+      store_m(gp, s.i, nu, full);
+      store_m(gp + H, s.f, nu, full);
+      store_m(gp + 2 * H, s.g, nu, full);
+      store_m(gp + 3 * H, s.o, nu, full);
     }
+    if (a.tanh_c != nullptr) store_m(a.tanh_c + o, s.tanh_c, nu, full);
   }
 }
 
@@ -358,14 +267,14 @@ LSTMCORE_AI void bwd_tile(const BwdStep<S>& a, i64 r, i64 pan) {
               g = load_m<V>(gp + 2 * H, nu, full), og = load_m<V>(gp + 3 * H, nu, full);
       const V tc = load_m<V>(a.tanh_c + o, nu, full);
       const V cp = load_m<V>(a.c_prev + o, nu, full);
-      // cell.h's cell_backward, on vectors
-      const V dc = load_m<V>(a.dc + o, nu, full) + dh * og * (S(1) - tc * tc);
+      const V dc = load_m<V>(a.dc + o, nu, full);
+      const auto d = cellmath::cell_backward(i, f, g, og, cp, tc, dh, dc);
       S* dgp = a.dgates + row * G + j;
-      store_m(dgp, dc * g * i * (S(1) - i), nu, full);
-      store_m(dgp + H, dc * cp * f * (S(1) - f), nu, full);
-      store_m(dgp + 2 * H, dc * i * (S(1) - g * g), nu, full);
-      store_m(dgp + 3 * H, dh * tc * og * (S(1) - og), nu, full);
-      store_m(a.dc + o, dc * f, nu, full);
+      store_m(dgp, d.d_pre_i, nu, full);
+      store_m(dgp + H, d.d_pre_f, nu, full);
+      store_m(dgp + 2 * H, d.d_pre_g, nu, full);
+      store_m(dgp + 3 * H, d.d_pre_o, nu, full);
+      store_m(a.dc + o, d.dc_prev, nu, full);
     }
   }
 }
