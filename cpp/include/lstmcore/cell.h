@@ -9,11 +9,7 @@
 
 #include <cmath>
 
-#if defined(__CUDACC__)
-#define LSTMCORE_HD __host__ __device__ __forceinline__
-#else
-#define LSTMCORE_HD inline
-#endif
+#include "lstmcore/hd.h"
 
 // LSTMCORE_CELL_NS: the namespace of this math. The CPU kernels compile it once per ISA, each
 // inside its own namespace (kernels/impl.h), so the linker can never merge an AVX-512 copy of

@@ -14,15 +14,9 @@
 #include <cmath>
 #include <cstdint>
 
+#include "lstmcore/hd.h"
 #include "lstmcore/optim.h"
 
-#ifndef LSTMCORE_HD  // the same definition as cell.h's
-#if defined(__CUDACC__)
-#define LSTMCORE_HD __host__ __device__ __forceinline__
-#else
-#define LSTMCORE_HD inline
-#endif
-#endif
 
 namespace lstmcore::optim {
 
