@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,3 +176,17 @@ def cuda_module() -> Any:
         return cuda.load_module()
     except ImportError as err:
         skip_or_fail(f"lstmcore._cuda does not load here: {err}")
+
+
+# ---- processes -----------------------------------------------------------------------------------
+
+
+def run_module(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` in a fresh interpreter (this one's), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

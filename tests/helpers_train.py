@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from helpers import run_module
 
 QUICK = [
     "--train-subset",
@@ -32,13 +33,7 @@ TIMING_KEYS = {"seconds", "epoch_seconds", "samples_per_s", "peak_rss_mb"}  # me
 def cli(
     *args: str, module: str = "lstmcore.train", timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_module(module, *args, timeout=timeout)
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:

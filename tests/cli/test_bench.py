@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from helpers import run_module
 from lstmcore._argtypes import MAX_THREADS
 from lstmcore.bench import cli, contenders, measure
 from lstmcore.bench.cases import ALL_CASES, CASE_GROUPS, QUICK, Case, case_lengths, flops
@@ -20,13 +20,7 @@ from lstmcore.bench.contenders import onnx_runtime
 
 
 def run_bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lstmcore.bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_module("lstmcore.bench", *args, timeout=timeout)
 
 
 def check_header(report: dict[str, Any]) -> None:

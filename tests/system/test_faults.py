@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from helpers import run_module
 from lstmcore import _files, optim
 from lstmcore.cli import train
 from lstmcore.mnist import checkpoint
@@ -42,13 +43,7 @@ SMALL = [
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lstmcore.train", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_module("lstmcore.train", *args, timeout=timeout)
 
 
 def assert_complete(path: Path, like: SequenceClassifier) -> dict[str, Any]:
