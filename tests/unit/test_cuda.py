@@ -128,6 +128,7 @@ def test_the_needed_cublas_is_read_from_the_binary(tmp_path: Path) -> None:
     assert cuda.needed_sonames(tmp_path / "missing.so") == ["libcublas.so.13"]
 
 
+@pytest.mark.subprocess
 def test_a_missing_cublas_gives_the_places_looked_in(tmp_path: Path) -> None:
     """End to end in a fresh interpreter whose search finds no cuBLAS (two empty folders): the
     reason available() gives names both and the loader's own path (skipped where this
