@@ -13,8 +13,10 @@ through: dh0 = dh_n, dc0 = dc_n, weight gradients zero). B = 0, H = 0 and I = 0 
 give empty or zero results of the documented shapes.
 
 NaN and Inf follow IEEE arithmetic: a NaN anywhere in x or the weights makes the outputs it
-reaches NaN; nothing raises. Saturation: sigmoid(+inf) = 1 and tanh(+-inf) = +-1 exactly;
-sigmoid(-inf) is 0 in float64 and below 1e-38 in float32 (the float exp clamps its input).
+reaches NaN; nothing raises. Saturation: in float64 sigmoid(+inf) = 1 and tanh(+-inf) = +-1
+exactly; the CPU float32 kernels' polynomial exp and rational tanh stop within one ulp of those
+limits (tanh(+-inf) = +-0.99999994, sigmoid(+inf) = 1 or 0.99999994); sigmoid(-inf) is 0 in
+float64 and below 1e-38 in float32 (the float exp clamps its input).
 
 Precision: ``precision=None`` (or ``"fp32"``) computes in the arrays' own dtype. ``"bf16"``
 (float32 arrays, CPU) is mixed precision: the GEMM operands (x, h, the weights, and in backward
