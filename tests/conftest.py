@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(autouse=True)
 def _processes_need_the_marker(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """Fails a test that starts a process without ``@pytest.mark.subprocess``."""
+) -> None:
+    """Fails a test that starts a process without ``@pytest.mark.subprocess`` (monkeypatch
+    puts Popen back after the test)."""
     if request.node.get_closest_marker("subprocess") is not None:
-        yield
         return
-    real_init = subprocess.Popen.__init__
     name = request.node.nodeid
 
     def refusing_init(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
@@ -59,5 +57,3 @@ def _processes_need_the_marker(
         pytest.fail(f"{name} starts a process: mark it @pytest.mark.subprocess", pytrace=False)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refusing_init)
-    yield
-    monkeypatch.setattr(subprocess.Popen, "__init__", real_init)
