@@ -217,6 +217,34 @@ void fwd_step(const FwdStep<S>& a, i64 r0, i64 r1, i64 k0, i64 k1) {
 }
 
 // ---- backward ----
+// dh of one vector of units (row, units j .. j+nu) completed with dh_in and dy, then the cell's
+// backward: dgates and dc out (or dh to dh_out). FULL (nu = lanes) is its own instantiation, so
+// the common case tests nothing per load and store (callgrind: 0.8% fewer instructions on avx2
+// than one copy for both; forward keeps one copy, where the split cost generic 2%).
+template <bool FULL, bool GEMM, typename S, typename V>
+LSTMCORE_AI void bwd_cell(const BwdStep<S>& a, V dh, i64 row, i64 j, i64 nu) {
+  const i64 H = a.H, G = 4 * H, o = row * H + j;
+  if (!GEMM && a.dh_in != nullptr) dh += load_m<V>(a.dh_in + o, nu, FULL);
+  if (a.dy != nullptr) dh += load_m<V>(a.dy + o, nu, FULL);
+  if (a.gates == nullptr) {
+    store_m(a.dh_out + o, dh, nu, FULL);
+    return;
+  }
+  const S* gp = a.gates + row * G + j;
+  const V i = load_m<V>(gp, nu, FULL), f = load_m<V>(gp + H, nu, FULL),
+          g = load_m<V>(gp + 2 * H, nu, FULL), og = load_m<V>(gp + 3 * H, nu, FULL);
+  const V tc = load_m<V>(a.tanh_c + o, nu, FULL);
+  const V cp = load_m<V>(a.c_prev + o, nu, FULL);
+  const V dc = load_m<V>(a.dc + o, nu, FULL);
+  const auto d = cellmath::cell_backward(i, f, g, og, cp, tc, dh, dc);
+  S* dgp = a.dgates + row * G + j;
+  store_m(dgp, d.d_pre_i, nu, FULL);
+  store_m(dgp + H, d.d_pre_f, nu, FULL);
+  store_m(dgp + 2 * H, d.d_pre_g, nu, FULL);
+  store_m(dgp + 3 * H, d.d_pre_o, nu, FULL);
+  store_m(a.dc + o, d.dc_prev, nu, FULL);
+}
+
 template <typename S, int RR, bool GEMM>
 LSTMCORE_AI void bwd_tile(const BwdStep<S>& a, i64 r, i64 pan) {
   using V = typename VT<S>::V;
@@ -247,34 +275,16 @@ LSTMCORE_AI void bwd_tile(const BwdStep<S>& a, i64 r, i64 pan) {
   }
 #pragma GCC unroll 8
   for (int rr = 0; rr < RR; ++rr) {
-    const i64 row = r + rr;
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       const i64 j = pan * P + v * U;
       if (j >= H) break;
       const i64 nu = imin(U, H - j);
-      const bool full = nu == U;
-      const i64 o = row * H + j;
-      V dh = acc[rr][v];
-      if (!GEMM && a.dh_in != nullptr) dh += load_m<V>(a.dh_in + o, nu, full);
-      if (a.dy != nullptr) dh += load_m<V>(a.dy + o, nu, full);
-      if (a.gates == nullptr) {
-        store_m(a.dh_out + o, dh, nu, full);
-        continue;
+      if (nu == U) {
+        bwd_cell<true, GEMM>(a, acc[rr][v], r + rr, j, nu);
+      } else {
+        bwd_cell<false, GEMM>(a, acc[rr][v], r + rr, j, nu);
       }
-      const S* gp = a.gates + row * G + j;
-      const V i = load_m<V>(gp, nu, full), f = load_m<V>(gp + H, nu, full),
-              g = load_m<V>(gp + 2 * H, nu, full), og = load_m<V>(gp + 3 * H, nu, full);
-      const V tc = load_m<V>(a.tanh_c + o, nu, full);
-      const V cp = load_m<V>(a.c_prev + o, nu, full);
-      const V dc = load_m<V>(a.dc + o, nu, full);
-      const auto d = cellmath::cell_backward(i, f, g, og, cp, tc, dh, dc);
-      S* dgp = a.dgates + row * G + j;
-      store_m(dgp, d.d_pre_i, nu, full);
-      store_m(dgp + H, d.d_pre_f, nu, full);
-      store_m(dgp + 2 * H, d.d_pre_g, nu, full);
-      store_m(dgp + 3 * H, d.d_pre_o, nu, full);
-      store_m(a.dc + o, d.dc_prev, nu, full);
     }
   }
 }
