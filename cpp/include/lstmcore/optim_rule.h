@@ -17,7 +17,6 @@
 #include "lstmcore/hd.h"
 #include "lstmcore/optim.h"
 
-
 namespace lstmcore::optim {
 
 // S arithmetic (float or double), rounded to nearest once per operation, never fused
