@@ -30,7 +30,7 @@ from helpers_photos import (
     tight,
 )
 from numpy.typing import NDArray
-from trained import trained_run
+from trained import PHOTOS, trained_run
 
 import lstmcore
 from lstmcore.cli import predict
@@ -41,29 +41,9 @@ Image = pytest.importorskip("PIL.Image")
 Array = NDArray[Any]
 
 
-# ---- ink ---------------------------------------------------------------------------------------
-
-
-# ---- the camera --------------------------------------------------------------------------------
-
-
-# ---- a pen on the page's canvas ----------------------------------------------------------------
-
-
-# ---- the sets --------------------------------------------------------------------------------
-
-
-# ---- the tests ---------------------------------------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def mnist() -> data.MnistData:
     return data.load_mnist()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return lstmcore.load(trained_run(tmp_path_factory) / "best.npz")
 
 
 @pytest.fixture(scope="module")
@@ -78,23 +58,30 @@ def families() -> dict[str, list[str]]:
 
 
 # issue 19's targets hold for the default model (99% on MNIST's test set): point
-# LSTMCORE_PHOTO_MODEL at its best.npz to check them. The suite's own model (96%, trained in 3 s)
-# misreads more font digits (a serifed 1, an open 4), so it is held to lower rates; the
-# preparation's part is checked apart from the model: the photo must read as the same ink
-# written cleanly on white reads.
+# LSTMCORE_PHOTO_MODEL at its best.npz to check them. The suite's own reader (trained.PHOTOS,
+# about 98%) misreads a few more font digits and numbers; over seeds 0-3 it read 54-57 of the 60
+# photos, 40 of 40 drawn digits and 8-11 of 12 numbers, so it is held to rates a few below the
+# worst of those. The preparation's part is checked apart from the model: the photo must read
+# as the same ink written cleanly on white reads.
 ISSUE_TARGETS = {"photos": 0.90, "drawn": 38, "numbers": 10}  # numbers: of 12 (5 of 6)
-SMALL_MODEL = {"photos": 0.78, "drawn": 37, "numbers": 6}
+SUITE_MODEL = {"photos": 0.85, "drawn": 38, "numbers": 7}
 
 
 @pytest.fixture(scope="module")
 def targets() -> dict[str, float]:
-    return ISSUE_TARGETS if os.environ.get("LSTMCORE_PHOTO_MODEL") else SMALL_MODEL
+    return ISSUE_TARGETS if os.environ.get("LSTMCORE_PHOTO_MODEL") else SUITE_MODEL
 
 
 @pytest.fixture(scope="module")
-def reader(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def reader_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # trained here, not inside a test: the trainer's result line would land in its capsys
     path = os.environ.get("LSTMCORE_PHOTO_MODEL")
-    return lstmcore.load(path or trained_run(tmp_path_factory) / "best.npz")
+    return Path(path) if path else trained_run(tmp_path_factory, PHOTOS) / "best.npz"
+
+
+@pytest.fixture(scope="module")
+def reader(reader_checkpoint: Path) -> Any:
+    return lstmcore.load(reader_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +160,9 @@ def test_a_phone_sized_photo_is_read_as_its_small_copy(
 
 def test_predict_number_prints_the_number_and_the_product_of_its_probabilities(
     mnist: data.MnistData, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    tmp_path_factory: pytest.TempPathFactory,
+    reader_checkpoint: Path, reader: Any,
 ) -> None:  # fmt: skip
-    ckpt = trained_run(tmp_path_factory) / "best.npz"
-    model = lstmcore.load(ckpt)
+    ckpt = reader_checkpoint
     sample = number_photos(mnist)[6]  # "2026" in MNIST's handwriting
     path = tmp_path / "number.jpg"
     path.write_bytes(sample.image)
@@ -185,7 +171,7 @@ def test_predict_number_prints_the_number_and_the_product_of_its_probabilities(
     assert predict.main(["--number", str(ckpt), str(path), str(blank)]) == 1
     out, err = capsys.readouterr()
     fields = imaging.prepare_number(path)
-    probs = model.predict_proba(fields)
+    probs = reader.predict_proba(fields)
     expected = "".join(str(d) for d in probs.argmax(axis=1))
     product = float(np.prod(probs.max(axis=1).astype(np.float64)))
     assert out == f"{path}: {expected} ({100 * product:.1f}%)\n"
