@@ -59,12 +59,13 @@ def families() -> dict[str, list[str]]:
 
 # issue 19's targets hold for the default model (99% on MNIST's test set): point
 # LSTMCORE_PHOTO_MODEL at its best.npz to check them. The suite's own reader (trained.PHOTOS,
-# about 98%) misreads a few more font digits and numbers; over seeds 0-3 it read 54-57 of the 60
-# photos, 40 of 40 drawn digits and 8-11 of 12 numbers, so it is held to rates a few below the
-# worst of those. The preparation's part is checked apart from the model: the photo must read
-# as the same ink written cleanly on white reads.
+# about 98%) misreads a few more font digits and numbers: trained with seeds 0-9 (and 0-3 on a
+# build whose float32 gradients differed in the last bits) it read 52-57 of the 60 photos,
+# 39-40 of 40 drawn digits and 8-11 of 12 numbers, so it is held to a little below the worst of
+# those. The preparation's part is checked apart from the model: the photo must read as the
+# same ink written cleanly on white reads.
 ISSUE_TARGETS = {"photos": 0.90, "drawn": 38, "numbers": 10}  # numbers: of 12 (5 of 6)
-SUITE_MODEL = {"photos": 0.85, "drawn": 38, "numbers": 7}
+SUITE_MODEL = {"photos": 0.83, "drawn": 38, "numbers": 7}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,9 @@ def test_a_photo_reads_as_the_same_ink_written_cleanly_reads(
     differ = [
         (s.name, int(c), int(p)) for s, c, p in zip(photos, clean, seen, strict=True) if c != p
     ]
-    assert len(differ) <= 0.07 * len(photos), differ
+    # over those 14 models 0-5 of the 60 differed; a flat background in place of the paper's
+    # level makes it 11, ruled lines left in the ink 25
+    assert len(differ) <= 0.10 * len(photos), differ
 
 
 def test_digits_drawn_with_a_pen_as_on_the_page_are_read(
