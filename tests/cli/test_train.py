@@ -18,7 +18,7 @@ from helpers_train import QUICK, cli, metrics, small_dataset
 
 from helpers import REPO
 from lstmcore import optim
-from lstmcore.cli import train
+from lstmcore.cli import evaluate, train
 from lstmcore.mnist import checkpoint
 from lstmcore.mnist.model import load_network
 from lstmcore.mnist.run import Config, Run, make_model, make_optimizer
@@ -51,6 +51,36 @@ def test_short_run_learns_and_writes_its_run_dir(tmp_path: Path) -> None:
     evaluated = cli(str(run / "best.npz"), module="lstmcore.evaluate")
     assert evaluated.returncode == 0, evaluated.stderr
     assert evaluated.stdout.strip().splitlines()[-1] == last_line
+
+
+@pytest.mark.slow
+def test_no_test_ends_on_the_best_validation_accuracy_without_reading_the_test_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def read_the_test_set(self: Run) -> None:
+        raise AssertionError("--no-test read the test set")
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patched:
+        patched.setattr(Run, "test", read_the_test_set)
+        assert train.main([*QUICK, "--iters", "40", "--no-test", "--out", str(run)]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    rows = metrics(run)
+    epochs, final = rows[:-1], rows[-1]
+    assert [r["epoch"] for r in epochs] == [1, 2]  # 40 steps of 50 over 1,500 images
+    best = max(epochs, key=lambda r: r["val_accuracy"])
+    assert last_line == (
+        f"best validation accuracy: {100 * best['val_accuracy']:.2f}% (epoch {best['epoch']}); "
+        "the test set was not read (--no-test)"
+    )
+    assert "test_accuracy" not in final
+    assert final["best_epoch"] == best["epoch"]
+    assert final["best_val_accuracy"] == best["val_accuracy"]
+    # the test set, read once at the end, by the evaluator: the same model a normal run keeps
+    assert train.main([*QUICK, "--iters", "40", "--out", str(tmp_path / "tested")]) == 0
+    tested = capsys.readouterr().out.strip().splitlines()[-1]
+    assert evaluate.main([str(run / "best.npz")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == tested
 
 
 @pytest.mark.slow

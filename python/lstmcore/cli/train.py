@@ -248,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="save last.npz within an epoch at least this often: a resume after a kill "
         "loses at most that much training",
     )
+    p.add_argument(
+        "--no-test",
+        action="store_true",
+        help="end without reading the test set: the last line gives the best validation "
+        "accuracy and its epoch (for choosing a recipe on validation alone; `python -m "
+        "lstmcore.evaluate RUN/best.npz` reads the test set once, at the end)",
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final result")
     p.add_argument(
         "--progress",
@@ -351,7 +358,7 @@ def train(args: argparse.Namespace, given: set[str]) -> int:
                 file=sys.stderr,
             )
             return interrupt.status
-        print(run.report(run.test()))
+        print(run.finish_untested() if args.no_test else run.report(run.test()))
     return 0
 
 

@@ -956,6 +956,25 @@ class Run:
         plot_curves(self.run_dir, self.prog.history)
         return TestResult(correct, total, predicted)
 
+    def finish_untested(self) -> str:
+        """--no-test: the final metrics row and curves.png without reading the test set; the
+        line printed names the best validation accuracy and its epoch instead."""
+        history = self.prog.history
+        final: dict[str, Any] = {"model": "best.npz", "test": "not read (--no-test)"}
+        scored = [row for row in history if not math.isnan(row["val_accuracy"])]
+        if scored:
+            best = max(scored, key=lambda row: row["val_accuracy"])  # the first of equals
+            final.update(best_val_accuracy=best["val_accuracy"], best_epoch=best["epoch"])
+        final["peak_rss_mb"] = peak_rss_mb()
+        self.write_metrics([*history, final])
+        plot_curves(self.run_dir, history)
+        if not scored:
+            return "no validation accuracy (--val-size 0); the test set was not read (--no-test)"
+        return (
+            f"best validation accuracy: {100.0 * final['best_val_accuracy']:.2f}% "
+            f"(epoch {final['best_epoch']}); the test set was not read (--no-test)"
+        )
+
     def report(self, result: TestResult) -> str:
         """The confusion matrix (unless quiet) and the accuracy line, as printed."""
         lines = []
