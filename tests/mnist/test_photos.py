@@ -165,13 +165,12 @@ def test_predict_number_prints_the_number_and_the_product_of_its_probabilities(
     mnist: data.MnistData, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     reader_checkpoint: Path, reader: Any,
 ) -> None:  # fmt: skip
-    ckpt = reader_checkpoint
     sample = number_photos(mnist)[6]  # "2026" in MNIST's handwriting
     path = tmp_path / "number.jpg"
     path.write_bytes(sample.image)
     blank = tmp_path / "blank.png"
     Image.new("L", (60, 40), 230).save(blank)
-    assert predict.main(["--number", str(ckpt), str(path), str(blank)]) == 1
+    assert predict.main(["--number", str(reader_checkpoint), str(path), str(blank)]) == 1
     out, err = capsys.readouterr()
     fields = imaging.prepare_number(path)
     probs = reader.predict_proba(fields)
