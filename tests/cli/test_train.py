@@ -247,6 +247,7 @@ FLAGS = [
     "--precision",
     "--patience",
     "--checkpoint-minutes",
+    "--no-test",
 ]
 
 
