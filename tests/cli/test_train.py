@@ -83,6 +83,20 @@ def test_no_test_ends_on_the_best_validation_accuracy_without_reading_the_test_s
     assert capsys.readouterr().out.strip().splitlines()[-1] == tested
 
 
+def test_no_test_without_a_validation_split_says_there_is_no_best_epoch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    argv = [*QUICK, "--val-size", "0", "--iters", "2", "--no-test", "--out", str(run)]
+    assert train.main(argv) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line == (
+        "no validation accuracy (--val-size 0); the test set was not read (--no-test)"
+    )
+    final = metrics(run)[-1]
+    assert final == {"model": "best.npz", "test": "not read (--no-test)"}  # timing keys dropped
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_same_seed_gives_bit_identical_metrics(tmp_path: Path) -> None:
