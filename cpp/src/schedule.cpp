@@ -116,13 +116,18 @@ void run_plan(const Plan& plan, const Recurrence& r, SequenceFn sequence, void* 
   }
 }
 
-// Schedules chosen by timing (as DeepCPU does): where the shape rule offers a multi-thread
-// split, the first calls of each shape alternate it with one thread, four times each, and
-// later calls keep the faster (least of its four times per step). Both give bit-identical
-// results (every element is computed the same way whatever the split), so the choice never
-// changes an answer, only the speed: two threads are never kept where they lose, e.g. a
-// barrier per step on a machine whose other core is busy. Every 500 calls of a shape the
-// choice is measured again (four trials each), as the machine's load changes.
+// Schedules chosen by timing (as DeepCPU does): where the shape rule offers the units split,
+// the first calls of each shape alternate it with one thread, four times each, and later
+// calls keep the faster (least of its four times per step). Both give bit-identical results
+// (every element is computed the same way whatever the split), so the choice never changes an
+// answer, only the speed: a barrier per step is never kept where it loses, e.g. on a machine
+// whose other core is busy (B=16 inference ran 6x slower on two threads than on one there).
+// Every 500 calls of a shape the choice is measured again, as the machine's load changes.
+// The rows split is never timed: it has no barrier, so a busy core costs it at most what one
+// thread would take, and the first calls of a process are the worst to judge it by (on the
+// 2-core KVM guest the second vCPU ran the rows split at one thread's speed for the first
+// calls, and processes kept one thread: B=128 inference 4.4 ms in one process, 7.6 in another,
+// 8-10 ms on one thread).
 class Tuner {
  public:
   struct Key {
@@ -139,7 +144,7 @@ class Tuner {
   // the plan to run now, and the slot to report its time to (-1: nothing to report)
   Plan pick(const Key& key, const Plan& rule, int* slot) {
     *slot = -1;
-    if (rule.split == Split::kSolo) return rule;
+    if (rule.split != Split::kUnits) return rule;
     std::lock_guard<std::mutex> lock(mutex_);
     Entry& e = table_[key];
     if (e.trials >= 2 * kTrials) {

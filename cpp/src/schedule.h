@@ -3,9 +3,10 @@
 //
 // The recurrence: batch row b of every step depends only on row b of the step before, so with
 // enough rows each thread owns a block of rows for the whole sequence and never synchronises;
-// with few rows (B = 1, 16) each thread owns a range of unit blocks (all four gates of them,
-// its slice of W_hh staying in its own cache) and the team meets at one barrier per step. Where
-// neither pays, one thread runs. Which of them runs is chosen by timing (schedule.cpp, Tuner).
+// with fewer than two row tiles per thread each thread owns a range of unit blocks (all four
+// gates of them, its slice of W_hh staying in its own cache) and the team meets at one barrier
+// per step. Where neither pays, one thread runs. Whether the units split or one thread runs is
+// chosen by timing (schedule.cpp, Tuner); the rows split always runs where the rule gives it.
 // The caller writes the sequence loop once, over a Tile, and calls StepSync after every step;
 // every output element is computed by the same operations in the same order whatever the
 // split, so the choice changes no result, only the speed.
