@@ -288,6 +288,37 @@ def test_thread_count_controls_and_keeps_results(rng: np.random.Generator) -> No
         lstmcore.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    "shape",
+    [(9, 57, 5, 16), (4, 200, 3, 40), (3, 200, 6, 300)],
+    ids=["rows-split-uneven", "rows-split-odd-H", "split-by-gates"],
+)
+def test_weight_gradients_on_several_threads_match_the_reference(
+    rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, threads: int
+) -> None:
+    """dW on several threads: with few gate rows (4H <= 1024) the threads split the GEMM's
+    T*B rows (513 and 800 here, not multiples of the thread count) into slabs summed in
+    order; with more (4H = 1200) they split its output rows. Both against the reference,
+    and the same bits again on the same thread count."""
+    p = make_problem(rng, *shape, dtype=dtype)
+    before = lstmcore.get_num_threads()
+    try:
+        lstmcore.set_num_threads(threads)
+        errors = compare(p, dtype)
+        *_, ctx = ops.lstm_forward(*p.inputs())
+        first = ops.lstm_backward(ctx, *p.grads())
+        *_, ctx = ops.lstm_forward(*p.inputs())
+        again = ops.lstm_backward(ctx, *p.grads())
+    finally:
+        lstmcore.set_num_threads(before)
+    for name in ("dw_ih", "dw_hh"):
+        assert errors[name] <= TOL[dtype], (name, errors[name])
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("bad", [0, -3])
 def test_set_num_threads_rejects_bad_counts(bad: int) -> None:
     with pytest.raises(ValueError, match="n must be >= 1"):
