@@ -55,8 +55,12 @@ struct Plan {
 };
 
 // Rows need a full tile per thread; units need a block per thread and enough work per step to
-// hide a barrier (about 1-2 us here, the measured cost of a barrier on a loaded 2-core VM is
-// well under that, but a step of B=1, H=128 takes ~1 us).
+// be worth a barrier: from 1e5 flops a step (B=1, H=128 is 1.6e5) the units split is offered
+// and the tuner times it against one thread (B=1, T=28, H=128 inference, 2 threads, Zen 3 KVM
+// guest, alternated: 74-87 us against 118-143 us on one thread; B=1 streams its 320 KB of
+// packed weights from L2 every step, and the split halves each core's share).
+constexpr double kMinUnitsSplitFlops = 1e5;
+
 Plan plan_for(const Recurrence& r, int n) {
   Plan p;
   if (n <= 1 || r.B == 0) return p;
@@ -65,7 +69,7 @@ Plan plan_for(const Recurrence& r, int n) {
     p.threads = static_cast<int>(std::min<i64>(n, r.B / r.row_tile));
     return p;
   }
-  if (r.blocks >= 2 && r.flops >= 1.5e6) {
+  if (r.blocks >= 2 && r.flops >= kMinUnitsSplitFlops) {
     p.split = Split::kUnits;
     p.threads = static_cast<int>(std::min<i64>(n, r.blocks));
     return p;
@@ -158,7 +162,8 @@ void run_plan(const Plan& plan, const Recurrence& r, SequenceFn sequence, void* 
 // (every element is computed the same way whatever the split), so the choice never changes an
 // answer, only the speed: a barrier per step is never kept where it loses, e.g. on a machine
 // whose other core is busy (B=16 inference ran 6x slower on two threads than on one there).
-// Every 500 calls of a shape the choice is measured again, as the machine's load changes.
+// The choice is measured again 40 calls after the first time, because the first calls of a
+// process judge a split badly (below), then every 500 calls, as the machine's load changes.
 // The rows split is never timed: it has no barrier, so a busy core costs it at most what one
 // thread would take, and the first calls of a process are the worst to judge it by (on the
 // 2-core KVM guest the second vCPU ran the rows split at one thread's speed for the first
@@ -184,9 +189,13 @@ class Tuner {
     std::lock_guard<std::mutex> lock(mutex_);
     Entry& e = table_[key];
     if (e.trials >= 2 * kTrials) {
-      // the load of the machine changes: measure again now and then
-      if (++e.kept < kRetune) return e.best[0] <= e.best[1] ? rule : Plan{};
+      // the load of the machine changes: measure again now and then, and soon after the
+      // first time (the first calls of a process judge a split badly, see above)
+      const int keep_for = e.rounds == 1 ? kFirstRetune : kRetune;
+      if (++e.kept < keep_for) return e.best[0] <= e.best[1] ? rule : Plan{};
+      const int rounds = e.rounds;
       e = Entry{};
+      e.rounds = rounds;
     }
     *slot = e.trials % 2;
     return *slot == 0 ? rule : Plan{};
@@ -197,16 +206,18 @@ class Tuner {
     std::lock_guard<std::mutex> lock(mutex_);
     Entry& e = table_[key];
     e.best[slot] = std::min(e.best[slot], seconds_per_step);
-    ++e.trials;
+    if (++e.trials == 2 * kTrials) ++e.rounds;
   }
 
  private:
   static constexpr int kTrials = 4;
-  static constexpr int kRetune = 500;  // calls kept between measurements
+  static constexpr int kRetune = 500;      // calls kept between measurements
+  static constexpr int kFirstRetune = 40;  // calls kept after the first measurement
   struct Entry {
     double best[2] = {1e300, 1e300};  // [rule's split, one thread]
     int trials = 0;
     int kept = 0;
+    int rounds = 0;  // measurements completed
   };
   std::mutex mutex_;
   std::map<Key, Entry> table_;
