@@ -88,7 +88,6 @@ struct Signal {
 };
 
 constexpr std::uint32_t kSizeMask = 0xff;  // team size lives in the low byte of `start`
-constexpr int kMaxTeam = 255;
 
 // sense-reversing barrier over the members of the current job
 class JobTeam final : public Team {
@@ -210,7 +209,7 @@ void run(int n, TaskFn task, void* ctx) {
     task(ctx, 0, solo);
     return;
   }
-  if (n > kMaxTeam) n = kMaxTeam;
+  if (n > kMaxThreads) n = kMaxThreads;
   Pool& p = the_pool();
   std::lock_guard<std::mutex> lock(p.run_mutex);
   p.grow(n - 1);

@@ -19,6 +19,9 @@
 
 namespace lstmcore::pool {
 
+// the most threads a job runs on (its team size lives in one byte of the start word)
+constexpr int kMaxThreads = 255;
+
 // While alive, the thread treats denormal floats as zero and flushes denormal results to zero
 // (x86: MXCSR's DAZ and FTZ bits); the thread's previous mode comes back at destruction, so the
 // caller's own arithmetic never changes. Why: long sequences drive gates and gradients through

@@ -20,7 +20,7 @@ std::atomic<int> g_threads{0};  // 0: not yet initialised
 
 int default_threads() {
   unsigned hc = std::thread::hardware_concurrency();
-  return hc == 0 ? 1 : static_cast<int>(hc);
+  return hc == 0 ? 1 : static_cast<int>(std::min<unsigned>(hc, pool::kMaxThreads));
 }
 
 }  // namespace
@@ -29,7 +29,9 @@ void set_num_threads(int n) {
   if (n < 1) {
     throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
   }
-  g_threads.store(n);
+  // the work is split into at most as many parts as the pool runs at once: a part past the
+  // pool's team would never run
+  g_threads.store(std::min(n, pool::kMaxThreads));
   // BLAS runs single-threaded inside each of our blocks; its own pool would fight ours
   blas::set_threads(1);
 }

@@ -30,7 +30,9 @@ def cuda_available() -> tuple[bool, str]:
 
 def set_num_threads(n: int) -> None:
     """Sets how many threads the core uses (its BLAS and its own loops); ``n >= 1``, at most
-    ``lstmcore._argtypes.MAX_THREADS`` (the pool's limit, the ``--threads`` flags' too)."""
+    ``lstmcore._argtypes.MAX_THREADS`` (the ``--threads`` flags' limit too). The core's pool
+    runs at most 255 threads at once: a larger ``n`` uses 255, and :func:`get_num_threads`
+    says so."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     if not 1 <= n <= MAX_THREADS:

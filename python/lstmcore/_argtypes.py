@@ -27,8 +27,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-# the core's pool starts one worker per thread asked for and has no cap of its own: this one
-# stops a typo (--threads 20000) from starting thousands, and never refuses a machine's cores
+# this stops a typo (--threads 20000) and never refuses a machine's cores; the core itself runs
+# at most 255 threads (its pool's limit) and uses 255 when asked for more
 MAX_THREADS = max(1024, os.cpu_count() or 1)
 MAX_DURATION = 1e6  # in the duration's own unit: about 11 days of seconds, 2 years of minutes
 
