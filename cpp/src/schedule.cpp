@@ -56,7 +56,7 @@ struct Plan {
   int threads = 1;
 };
 
-// Rows need a full tile per thread; units need a block per thread and enough work per step to
+// Rows need two row tiles per thread; units need a block per thread and enough work per step to
 // be worth a barrier: from 1e5 flops a step (B=1, H=128 is 1.6e5) the units split is offered
 // and the tuner times it against one thread (B=1, T=28, H=128 inference, 2 threads, Zen 3 KVM
 // guest, alternated: 74-87 us against 118-143 us on one thread; B=1 streams its 320 KB of
@@ -79,8 +79,8 @@ Plan plan_for(const Recurrence& r, int n) {
   return p;
 }
 
-// A thread takes its rows through the whole sequence in chunks of at most kRowChunk rows (a
-// multiple of every kernel's row tile), so a chunk's state stays in the core's L2 cache from
+// A thread takes its rows through the whole sequence in chunks of at most kRowChunk rows, so
+// a chunk's state stays in the core's L2 cache from
 // step to step: one thread over 256 rows ran 10-20% slower per row than over 128 (forward and
 // backward, Intel Xeon), and inference at B=1000 on 2 threads 40% slower per row than at 512.
 // Rows are independent, so the chunks change no result.
@@ -98,10 +98,12 @@ void run_row_chunks(i64 r0, i64 r1, i64 blocks, SequenceFn sequence, void* ctx) 
 // none are left, instead of one fixed block per thread: on a VM whose vCPUs are shared with
 // other guests one thread often ran 10-40% slower than the other for a whole call (B=128
 // inference, 2 threads, Zen 3 guest: 4.8 / 6.0 ms, 8.4 / 5.5, 6.5 / 9.2 per thread), and a
-// fixed split waits for the slower. A chunk is a multiple of kChunkQuantum rows (every
-// kernel's row tile divides it) and about a quarter of a thread's share; below
-// kMinRowsPerThreadForChunks rows per thread each thread keeps one block (B=16 on two threads
-// in chunks of 12 would be 12 + 4). Rows are independent, so chunks change no result.
+// fixed split waits for the slower. A chunk is a quarter of a thread's share rounded up to a
+// multiple of kChunkQuantum rows (every kernel's row tile divides it), at most 120 (kRowChunk
+// rounded down to that multiple); below kMinRowsPerThreadForChunks rows per thread each thread
+// keeps one block (B=16 on two threads in chunks of 12 would be 12 + 4). Rows are independent,
+// so chunks change no result. A thread slowed by a busy core takes fewer chunks, so these
+// calls are never timed against one thread (the tuner below).
 constexpr i64 kChunkQuantum = 12;
 constexpr i64 kChunksPerThread = 4;
 constexpr i64 kMinRowsPerThreadForChunks = kChunkQuantum * kChunksPerThread;
@@ -111,7 +113,7 @@ i64 dynamic_chunk(i64 B, int threads) {
   if (B < kMinRowsPerThreadForChunks * threads) return 0;
   const i64 share = (B + threads * kChunksPerThread - 1) / (threads * kChunksPerThread);
   const i64 chunk = (share + kChunkQuantum - 1) / kChunkQuantum * kChunkQuantum;
-  return std::min(chunk, kRowChunk);
+  return std::min(chunk, kRowChunk / kChunkQuantum * kChunkQuantum);
 }
 
 // rows [0, B) in chunks of `chunk`, taken by the team's threads in turn
@@ -158,19 +160,20 @@ void run_plan(const Plan& plan, const Recurrence& r, SequenceFn sequence, void* 
   }
 }
 
-// Schedules chosen by timing (as DeepCPU does): where the shape rule offers the units split,
-// the first calls of each shape alternate it with one thread, four times each, and later
-// calls keep the faster (least of its four times per step). Both give bit-identical results
-// (every element is computed the same way whatever the split), so the choice never changes an
-// answer, only the speed: a barrier per step is never kept where it loses, e.g. on a machine
-// whose other core is busy (B=16 inference ran 6x slower on two threads than on one there).
-// The choice is measured again 40 calls after the first time, because the first calls of a
-// process judge a split badly (below), then every 500 calls, as the machine's load changes.
-// The rows split is never timed: it has no barrier, so a busy core costs it at most what one
-// thread would take, and the first calls of a process are the worst to judge it by (on the
-// 2-core KVM guest the second vCPU ran the rows split at one thread's speed for the first
-// calls, and processes kept one thread: B=128 inference 4.4 ms in one process, 7.6 in another,
-// 8-10 ms on one thread).
+// Schedules chosen by timing (as DeepCPU does): where the shape rule offers the units split
+// or a rows split of one fixed block per thread, the first calls of each shape alternate it
+// with one thread, four times each, and later calls keep the faster (least of its four times
+// per step). Both give bit-identical results (every element is computed the same way whatever
+// the split), so the choice never changes an answer, only the speed: two threads are never
+// kept where they lose, e.g. on a machine whose other core is busy (at load 8-10 B=16
+// inference ran 6x slower on two threads than on one). The choice is measured again 40 calls
+// after the first time, because the first calls of a process judge a split badly (on the
+// 2-core KVM guest the second vCPU ran at a fraction of its speed for the first calls, and
+// processes kept one thread: B=16 inference at 2 threads 1.40 ms where the rows split takes
+// 0.75-0.93), then every 500 calls, as the machine's load changes. The rows split in chunks
+// taken in turn is not timed (see dynamic_chunk): a thread a busy core slows takes fewer
+// chunks, so it costs at most about one thread's time, and timing it over the first calls kept
+// one thread for B=128 inference at 8-10 ms where two take 5.
 class Tuner {
  public:
   struct Key {
@@ -187,7 +190,8 @@ class Tuner {
   // the plan to run now, and the slot to report its time to (-1: nothing to report)
   Plan pick(const Key& key, const Plan& rule, int* slot) {
     *slot = -1;
-    if (rule.split != Split::kUnits) return rule;
+    if (rule.split == Split::kSolo) return rule;
+    if (rule.split == Split::kRows && dynamic_chunk(key.B, rule.threads) > 0) return rule;
     std::lock_guard<std::mutex> lock(mutex_);
     Entry& e = table_[key];
     if (e.trials >= 2 * kTrials) {

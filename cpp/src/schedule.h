@@ -5,8 +5,9 @@
 // enough rows each thread owns a block of rows for the whole sequence and never synchronises;
 // with fewer than two row tiles per thread each thread owns a range of unit blocks (all four
 // gates of them, its slice of W_hh staying in its own cache) and the team meets at one barrier
-// per step. Where neither pays, one thread runs. Whether the units split or one thread runs is
-// chosen by timing (schedule.cpp, Tuner); the rows split always runs where the rule gives it.
+// per step. Where neither pays, one thread runs. Whether the units split (or a rows split of
+// one block per thread) or one thread runs is chosen by timing (schedule.cpp, Tuner); with 48
+// rows or more per thread the rows split hands out chunks and always runs.
 // The caller writes the sequence loop once, over a Tile, and calls StepSync after every step;
 // every output element is computed by the same operations in the same order whatever the
 // split, so the choice changes no result, only the speed.
