@@ -426,12 +426,16 @@ void scatter_weight_gradients(const LstmGrads<S>& grads, const S* dw, const Dims
 // threads split its K rather than its output rows.
 constexpr i64 kMinGemmRows = 256;
 constexpr i64 kMaxGatesSplitByRows = 1024;
+// the slabs' scratch, kept per calling thread: no more slabs than fit in this
+constexpr i64 kMaxSlabBytes = i64{32} << 20;
 
 // how many threads split the K of the weight gradients' GEMM (1: none; split by output rows)
-int weight_gradient_parts(i64 G, i64 TB) {
+template <typename S>
+int weight_gradient_parts(i64 G, i64 IH, i64 TB) {
   if (G > kMaxGatesSplitByRows) return 1;
-  return static_cast<int>(
-      std::clamp<i64>(TB / kMinGemmRows, 1, static_cast<i64>(get_num_threads())));
+  const i64 slab_bytes = std::max<i64>(1, G * IH * static_cast<i64>(sizeof(S)));
+  const i64 most = std::min<i64>(get_num_threads(), std::max<i64>(1, kMaxSlabBytes / slab_bytes));
+  return static_cast<int>(std::clamp<i64>(TB / kMinGemmRows, 1, most));
 }
 
 // [dW_ih | dW_hh] over all T*B rows by `parts` threads, each over its share of the rows into a
@@ -463,7 +467,8 @@ void weight_gradients_split_rows(const LstmGrads<S>& grads, const S* dgates, con
 // [x | h_prev], and with few gate rows that copy is a large share of a thread's work: there the
 // threads split the GEMM's K (the T*B rows) instead (2 threads, Zen 3, this GEMM alone,
 // alternated: 4.6-5.3 ms against 5.3-7.1 at T=28, B=128, H=128; 10.5-11.5 against 11.5-12.4
-// at T=100, B=256, H=64; no gain at H=512, where it stays split by rows). dW is then
+// at T=100, B=256, H=64; no gain at H=512, where it stays split by rows), as many slabs as
+// fit in kMaxSlabBytes. dW is then
 // bit-identical for the same thread count, not across counts. With lengths, one GEMM per step
 // accumulated in time order.
 template <typename S>
@@ -472,7 +477,7 @@ void weight_gradients(const LstmGrads<S>& grads, const S* dgates, const S* x,
   const i64 H = d.H, G = 4 * H, TB = d.T * d.B, IH = d.I + H;
   const S* xh = concat_inputs(x, h_prev_all, d);
   const bool dense = batch_sizes == nullptr || d.T == 0;
-  const int parts = dense ? weight_gradient_parts(G, TB) : 1;
+  const int parts = dense ? weight_gradient_parts<S>(G, IH, TB) : 1;
   if (parts > 1) {
     weight_gradients_split_rows(grads, dgates, xh, d, parts);
     return;
