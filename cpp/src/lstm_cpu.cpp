@@ -371,7 +371,7 @@ void lstm_collect_y(S* y, const S* h_all, const Dims& d, bool reverse, const i64
 
 namespace {
 
-// acc[k] += src[k], k < n (acc and src never overlap)
+// acc[k] += src[k], k < n (acc and src never overlap): db's row sums and dW's slab sums
 template <typename S>
 void add_rows(S* __restrict acc, const S* __restrict src, i64 n) {
   for (i64 k = 0; k < n; ++k) acc[k] += src[k];
@@ -386,10 +386,7 @@ void bias_gradient(S* db, const S* dgates, const Dims& d, const i64* batch_sizes
     std::fill(db + g0, db + g1, S(0));
     for (i64 t = 0; t < d.T; ++t) {
       const i64 r0 = t * d.B, n = active_rows(batch_sizes, d, t);
-      for (i64 r = r0; r < r0 + n; ++r) {
-        const S* row = dgates + r * G;
-        for (i64 k = g0; k < g1; ++k) db[k] += row[k];
-      }
+      for (i64 r = r0; r < r0 + n; ++r) add_rows(db + g0, dgates + r * G + g0, g1 - g0);
     }
   });
 }
@@ -468,9 +465,8 @@ void weight_gradients_split_rows(const LstmGrads<S>& grads, const S* dgates, con
 // threads split the GEMM's K (the T*B rows) instead (2 threads, Zen 3, this GEMM alone,
 // alternated: 4.6-5.3 ms against 5.3-7.1 at T=28, B=128, H=128; 10.5-11.5 against 11.5-12.4
 // at T=100, B=256, H=64; no gain at H=512, where it stays split by rows), as many slabs as
-// fit in kMaxSlabBytes. dW is then
-// bit-identical for the same thread count, not across counts. With lengths, one GEMM per step
-// accumulated in time order.
+// fit in kMaxSlabBytes. dW is then bit-identical for the same thread count, not across counts.
+// With lengths, one GEMM per step accumulated in time order.
 template <typename S>
 void weight_gradients(const LstmGrads<S>& grads, const S* dgates, const S* x,
                       const S* h_prev_all, const Dims& d, const i64* batch_sizes) {

@@ -48,6 +48,7 @@ namespace {
 enum class Split {
   kSolo,   // one thread
   kRows,   // each thread a block of batch rows for the whole sequence, no barrier
+  kRowChunks,  // the threads take chunks of rows in turn, each for the whole sequence
   kUnits,  // each thread a range of unit blocks (panels), one barrier per step
 };
 
@@ -63,12 +64,14 @@ struct Plan {
 // packed weights from L2 every step, and the split halves each core's share).
 constexpr double kMinUnitsSplitFlops = 1e5;
 
+i64 dynamic_chunk(i64 B, int threads);  // below, with the row chunks
+
 Plan plan_for(const Recurrence& r, int n) {
   Plan p;
   if (n <= 1 || r.B == 0) return p;
   if (r.B >= 2 * r.row_tile * n) {
-    p.split = Split::kRows;
     p.threads = static_cast<int>(std::min<i64>(n, r.B / r.row_tile));
+    p.split = dynamic_chunk(r.B, p.threads) > 0 ? Split::kRowChunks : Split::kRows;
     return p;
   }
   if (r.blocks >= 2 && r.flops >= kMinUnitsSplitFlops) {
@@ -140,11 +143,10 @@ void run_plan(const Plan& plan, const Recurrence& r, SequenceFn sequence, void* 
     case Split::kSolo:
       run_row_chunks(0, r.B, r.blocks, sequence, ctx);
       break;
+    case Split::kRowChunks:
+      run_dynamic_chunks(r, plan.threads, dynamic_chunk(r.B, plan.threads), sequence, ctx);
+      break;
     case Split::kRows:
-      if (const i64 chunk = dynamic_chunk(r.B, plan.threads); chunk > 0) {
-        run_dynamic_chunks(r, plan.threads, chunk, sequence, ctx);
-        break;
-      }
       pool::parallel(plan.threads, [&](int tid, pool::Team&) {
         i64 r0 = 0, r1 = 0;
         tile_range(r.B, r.row_tile, plan.threads, tid, &r0, &r1);
@@ -172,8 +174,8 @@ void run_plan(const Plan& plan, const Recurrence& r, SequenceFn sequence, void* 
 // fraction of its speed for the first calls, and processes kept one thread: B=16 inference at
 // 2 threads 1.40 ms where the rows split takes 0.75-0.93), then every 500 calls, as the
 // machine's load changes. With the margin and the second measurement, B=16 inference at 2
-// threads ran 0.58-0.59 ms from the 60th call in 3 of 3 processes (one thread: 1.06). The rows split in chunks
-// taken in turn is not timed (see dynamic_chunk): a thread a busy core slows takes fewer
+// threads ran 0.58-0.59 ms from the 60th call in 3 of 3 processes (one thread: 1.06). The
+// rows split in chunks taken in turn is not timed (see dynamic_chunk): a thread a busy core slows takes fewer
 // chunks, so it costs at most about one thread's time, and timing it over the first calls kept
 // one thread for B=128 inference at 8-10 ms where two take 5.
 class Tuner {
@@ -192,8 +194,7 @@ class Tuner {
   // the plan to run now, and the slot to report its time to (-1: nothing to report)
   Plan pick(const Key& key, const Plan& rule, int* slot) {
     *slot = -1;
-    if (rule.split == Split::kSolo) return rule;
-    if (rule.split == Split::kRows && dynamic_chunk(key.B, rule.threads) > 0) return rule;
+    if (rule.split == Split::kSolo || rule.split == Split::kRowChunks) return rule;
     std::lock_guard<std::mutex> lock(mutex_);
     Entry& e = table_[key];
     if (e.trials >= 2 * kTrials) {
