@@ -431,7 +431,8 @@ template <typename S>
 int weight_gradient_parts(i64 G, i64 IH, i64 TB) {
   if (G > kMaxGatesSplitByRows) return 1;
   const i64 slab_bytes = std::max<i64>(1, G * IH * static_cast<i64>(sizeof(S)));
-  const i64 most = std::min<i64>(get_num_threads(), std::max<i64>(1, kMaxSlabBytes / slab_bytes));
+  const i64 most =
+      std::min<i64>(schedule::gemm_threads(), std::max<i64>(1, kMaxSlabBytes / slab_bytes));
   return static_cast<int>(std::clamp<i64>(TB / kMinGemmRows, 1, most));
 }
 
@@ -479,7 +480,7 @@ void weight_gradients(const LstmGrads<S>& grads, const S* dgates, const S* x,
     return;
   }
   S* dw = scratch<S>(kWeightGradients, G * IH);
-  schedule::blocks(G, kMinRows, [&](i64 g0, i64 g1) {
+  schedule::gemm_blocks(G, kMinRows, [&](i64 g0, i64 g1) {
     const i64 ng = g1 - g0;
     if (dense) {
       blas::gemm<S>(true, false, ng, IH, TB, S(1), dgates + g0, G, xh, IH, S(0), dw + g0 * IH,
@@ -536,10 +537,10 @@ void input_gradient(S* dx, const S* dgates, const S* w_ih, const Dims& d, const 
                   dx + r0 * d.I, d.I);
   };
   if (batch_sizes == nullptr) {
-    schedule::blocks(d.T * d.B, kMinRows, rows);
+    schedule::gemm_blocks(d.T * d.B, kMinRows, rows);
     return;
   }
-  schedule::blocks(d.T, 1, [&](i64 t0, i64 t1) {
+  schedule::gemm_blocks(d.T, 1, [&](i64 t0, i64 t1) {
     for (i64 t = t0; t < t1; ++t) {
       const i64 r0 = t * d.B, n = batch_sizes[t];
       rows(r0, r0 + n);

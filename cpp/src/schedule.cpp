@@ -42,6 +42,9 @@ int get_num_threads() {
 }
 
 namespace schedule {
+
+int gemm_threads() { return std::min(get_num_threads(), blas::max_concurrent_calls()); }
+
 namespace {
 
 // How the recurrence is shared out.

@@ -80,9 +80,19 @@ void run(const Recurrence& r, const Seq& seq) {
 // fn(begin, end) on contiguous blocks of [0, n) over the pool, at most one block per thread
 // and none smaller than min_block.
 template <typename Fn>
-void blocks(i64 n, i64 min_block, const Fn& fn) {
+void blocks(i64 n, i64 min_block, const Fn& fn, int threads = get_num_threads()) {
   const i64 most = std::max<i64>(1, n / std::max<i64>(1, min_block));
-  pool::blocks(static_cast<int>(std::min<i64>(get_num_threads(), most)), n, fn);
+  pool::blocks(static_cast<int>(std::min<i64>(threads, most)), n, fn);
+}
+
+// The threads that may call BLAS at once: get_num_threads(), but no more than the BLAS build
+// holds callers for (blas::max_concurrent_calls()).
+int gemm_threads();
+
+// blocks() for work that calls BLAS in each block: on at most gemm_threads() threads.
+template <typename Fn>
+void gemm_blocks(i64 n, i64 min_block, const Fn& fn) {
+  blocks(n, min_block, fn, gemm_threads());
 }
 
 }  // namespace lstmcore::schedule

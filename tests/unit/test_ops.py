@@ -373,6 +373,9 @@ print(lstmcore.get_num_threads())
 """
     done = run_python(code)
     assert done.returncode == 0, done.stderr
+    # OpenBLAS holds work buffers for MAX_THREADS callers at once; more spill into a table it
+    # warns may crash (it did: SIGSEGV on aarch64), so the core's GEMMs run on at most that many
+    assert "OpenBLAS" not in done.stderr, done.stderr
     r = np.load(results)
     got = [r[f"arr_{k}"] for k in range(len(r.files))]
     *want, rctx = ref.lstm_forward(*p.inputs())
@@ -380,6 +383,38 @@ print(lstmcore.get_num_threads())
     for name, a, b in zip(OUTPUTS + GRADS, got, want, strict=True):
         assert rel_err(a, b) <= TOL[np.float64], (name, rel_err(a, b))
     assert int(done.stdout.strip()) == 255
+
+
+@pytest.mark.subprocess
+def test_more_python_threads_in_matmul_than_blas_holds_all_get_the_right_product() -> None:
+    """160 Python threads call matmul at once (it releases the GIL): more than the 64 callers
+    OpenBLAS's build holds buffers for. Without the core's limit on callers inside BLAS this
+    warned "may still crash" on aarch64; with it, the extra threads wait their turn. A child
+    process, so what OpenBLAS prints is seen."""
+    code = """
+import threading, numpy as np
+from lstmcore import ops
+rng = np.random.default_rng(11)
+a = rng.standard_normal((128, 256)).astype(np.float32)
+b = rng.standard_normal((256, 96)).astype(np.float32)
+want = a.astype(np.float64) @ b.astype(np.float64)
+start = threading.Barrier(160)
+worst = []
+def work():
+    start.wait()
+    worst.append(max(float(np.abs(ops.matmul(a, b) - want).max()) for _ in range(3)))
+threads = [threading.Thread(target=work) for _ in range(160)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(worst), max(worst))
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert "OpenBLAS" not in done.stderr, done.stderr
+    count, worst = done.stdout.split()
+    assert int(count) == 160
+    # float32 products of 256 terms of size ~1: within 1e-3 of the float64 product
+    assert float(worst) <= 1e-3, worst
 
 
 def test_two_python_threads_match_sequential_runs(rng: np.random.Generator) -> None:
