@@ -596,6 +596,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &lstmcore::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &lstmcore::get_num_threads);
   m.def("blas_core_name", &lstmcore::blas_core_name);
+  m.def("blas_call_limit", &lstmcore::blas_call_limit,
+        "the most threads let into BLAS at once (its build's MAX_THREADS)");
+  m.def("_set_blas_call_limit_for_tests", &lstmcore::set_blas_call_limit_for_tests,
+        py::arg("n"), "tests only: a lower limit on threads inside BLAS at once (0: undo)");
+  m.def("_blas_peak_calls", &lstmcore::blas_peak_calls,
+        "tests only: the most threads that were inside BLAS at once so far");
   m.def("isa", &lstmcore::isa, "the recurrent kernels' ISA path: avx512, avx2 or generic");
   m.def(
       "set_isa", [](const std::string& name) { lstmcore::set_isa(name.c_str()); },

@@ -2,79 +2,36 @@
 // Row-major wrappers; degenerate sizes are handled here so callers need no special cases.
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <mutex>
 
 #include <cblas.h>
 
 namespace lstmcore::blas {
 
-// How many threads may be inside BLAS at once. OpenBLAS keeps one table of work buffers, sized
-// from its build's MAX_THREADS (64 in scipy-openblas32 0.3.34, on x86-64 and aarch64); more
-// callers at once than the table holds spill into an auxiliary table, with a warning that the
+// How many threads may be inside BLAS at once. OpenBLAS keeps one table of work buffers,
+// max(50, 2 * MAX_THREADS) of them (MAX_THREADS is 64 in scipy-openblas32 0.3.34, on x86-64 and
+// aarch64). A single-threaded call takes one; bench's sgemm probe, OpenBLAS's own threads, takes
+// up to MAX_THREADS. More at once spill into an auxiliary table, with a warning that the
 // process "may still crash", and it does: 255 pool threads in the backward's GEMMs died of
-// SIGSEGV on aarch64 (qemu). The build's figure is read from its config string, once; a build
-// that does not say gets 32, below every MAX_THREADS a wheel has shipped with.
-inline int max_concurrent_calls() {
-  static const int most = [] {
-    const char* config = scipy_openblas_get_config();
-    const char* at = config == nullptr ? nullptr : std::strstr(config, "MAX_THREADS=");
-    const long n = at == nullptr ? 0 : std::strtol(at + std::strlen("MAX_THREADS="), nullptr, 10);
-    return n >= 1 && n <= 4096 ? static_cast<int>(n) : 32;
-  }();
-  return most;
-}
+// SIGSEGV on aarch64 (qemu). So at most MAX_THREADS callers, read from the build's config
+// string once; a build that does not say gets 32, below every MAX_THREADS a wheel has shipped
+// with. set_call_limit_for_tests() lowers it, for the tests of the wait.
+int max_concurrent_calls();
+void set_call_limit_for_tests(int n);  // 0: the build's figure again
+int peak_concurrent_calls();           // the most callers inside at once, so far
 
 // One of max_concurrent_calls() places inside BLAS, held while alive; a thread that finds them
-// all taken waits for one. The core's own splits never wait (schedule::gemm_threads() caps
-// them); this is for what it cannot cap: many Python threads calling matmul at once (150 did
-// bring the warning above on aarch64). The common case costs two atomic operations.
+// all taken yields, then sleeps, until one is free. The core's own splits never wait
+// (schedule::gemm_threads() caps them); this is for what it cannot cap: many Python threads
+// calling matmul at once (150 brought the warning above on aarch64). No lock: a place is one
+// atomic increment, and a fork child starts with all of them free (blas.cpp).
 class CallSlot {
  public:
-  CallSlot() {
-    if (try_take()) return;
-    std::unique_lock<std::mutex> lock(state().mutex);
-    ++state().waiting;
-    state().freed.wait(lock, [] { return try_take(); });
-    --state().waiting;
-  }
-  ~CallSlot() {
-    taken().fetch_sub(1);
-    // seq_cst on both sides: a waiter counted itself before it last looked at taken(), so
-    // either it saw this release or this release sees it and wakes it
-    if (state().waiting.load() > 0) {
-      std::lock_guard<std::mutex> lock(state().mutex);
-      state().freed.notify_one();
-    }
-  }
+  CallSlot();
+  ~CallSlot();
   CallSlot(const CallSlot&) = delete;
   CallSlot& operator=(const CallSlot&) = delete;
-
- private:
-  struct Waiters {
-    std::mutex mutex;
-    std::condition_variable freed;
-    std::atomic<int> waiting{0};
-  };
-  static std::atomic<int>& taken() {
-    static std::atomic<int> n{0};
-    return n;
-  }
-  static Waiters& state() {
-    static Waiters w;
-    return w;
-  }
-  static bool try_take() {
-    int n = taken().load();
-    while (n < max_concurrent_calls()) {
-      if (taken().compare_exchange_weak(n, n + 1)) return true;
-    }
-    return false;
-  }
 };
 
 // C (M, N) = alpha * op(A) * op(B) + beta * C, all row-major; op(A) is (M, K), op(B) is (K, N).

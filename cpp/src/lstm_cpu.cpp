@@ -681,6 +681,9 @@ void matmul(S* c, const S* a, const S* b, i64 M, i64 N, i64 K, i64 lda, i64 ldb,
 }
 
 const char* blas_core_name() { return blas::core_name(); }
+int blas_call_limit() { return blas::max_concurrent_calls(); }
+void set_blas_call_limit_for_tests(int n) { blas::set_call_limit_for_tests(n); }
+int blas_peak_calls() { return blas::peak_concurrent_calls(); }
 
 const char* isa() { return kern::active().name; }
 void set_isa(const char* name) { kern::set_isa(name); }

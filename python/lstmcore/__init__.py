@@ -33,7 +33,8 @@ def set_num_threads(n: int) -> None:
     ``lstmcore._argtypes.MAX_THREADS`` (the ``--threads`` flags' limit too). The core's pool
     runs at most 255 threads at once: a larger ``n`` uses 255, and :func:`get_num_threads`
     says so. Its GEMMs run on at most as many threads as OpenBLAS's build holds callers for
-    (64 here; more at once would overflow its buffer table)."""
+    (``lstmcore._core.blas_call_limit()``, 64 in the pinned wheel; more at once would overflow
+    its buffer table)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     if not 1 <= n <= MAX_THREADS:

@@ -375,7 +375,7 @@ print(lstmcore.get_num_threads())
     assert done.returncode == 0, done.stderr
     # OpenBLAS holds work buffers for MAX_THREADS callers at once; more spill into a table it
     # warns may crash (it did: SIGSEGV on aarch64), so the core's GEMMs run on at most that many
-    assert "OpenBLAS" not in done.stderr, done.stderr
+    assert "NUM_THREADS exceeded" not in done.stderr, done.stderr
     r = np.load(results)
     got = [r[f"arr_{k}"] for k in range(len(r.files))]
     *want, rctx = ref.lstm_forward(*p.inputs())
@@ -410,11 +410,77 @@ print(len(worst), max(worst))
 """
     done = run_python(code)
     assert done.returncode == 0, done.stderr
-    assert "OpenBLAS" not in done.stderr, done.stderr
+    assert "NUM_THREADS exceeded" not in done.stderr, done.stderr
     count, worst = done.stdout.split()
     assert int(count) == 160
     # float32 products of 256 terms of size ~1: within 1e-3 of the float64 product
     assert float(worst) <= 1e-3, worst
+
+
+@pytest.mark.subprocess
+def test_threads_past_the_blas_limit_wait_their_turn() -> None:
+    """The limit on threads inside BLAS at once, lowered to 2 (in a child: the limit is the
+    process's): 16 Python threads calling matmul at once all get the right product, never more
+    than 2 are inside at once, and none waits forever (the wait is what a machine with more
+    threads than OpenBLAS's MAX_THREADS reaches)."""
+    code = """
+import threading, numpy as np
+from lstmcore import _core, ops
+assert _core.blas_call_limit() >= 2, _core.blas_call_limit()
+_core._set_blas_call_limit_for_tests(2)
+assert _core.blas_call_limit() == 2
+rng = np.random.default_rng(12)
+a = rng.standard_normal((192, 256)).astype(np.float32)
+b = rng.standard_normal((256, 192)).astype(np.float32)
+want = a.astype(np.float64) @ b.astype(np.float64)
+start = threading.Barrier(16)
+worst = []
+def work():
+    start.wait()
+    worst.append(max(float(np.abs(ops.matmul(a, b) - want).max()) for _ in range(4)))
+threads = [threading.Thread(target=work) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(worst), max(worst), _core._blas_peak_calls())
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    count, worst, peak = done.stdout.split()
+    assert int(count) == 16
+    assert float(worst) <= 1e-3, worst  # float32 sums of 256 terms of size ~1
+    assert 1 <= int(peak) <= 2, peak
+
+
+@pytest.mark.subprocess
+def test_a_fork_child_gets_the_places_in_blas_its_parents_threads_held() -> None:
+    """A thread stays in matmul while the main thread forks, with the limit at 1: in the
+    child that thread does not exist, so its place must be free there, or the child's first
+    GEMM waits forever (SIGALRM ends it after 20 s). The parent and child are a child of
+    this process."""
+    code = """
+import os, signal, threading, time
+import numpy as np
+from lstmcore import _core, ops
+_core._set_blas_call_limit_for_tests(1)
+a = np.ones((1024, 1024), np.float32)  # a GEMM of 2 GFLOP: the worker is inside nearly always
+stop = threading.Event()
+def busy():
+    while not stop.is_set():
+        ops.matmul(a, a)
+worker = threading.Thread(target=busy)
+worker.start()
+time.sleep(0.2)
+pid = os.fork()  # the GIL is released in matmul, so main runs while the worker is in one
+if pid == 0:
+    signal.alarm(20)
+    os._exit(0 if ops.matmul(a[:4], a)[0, 0] == 1024.0 else 3)
+stop.set()
+worker.join()
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"], (done.stdout, done.stderr)
 
 
 def test_two_python_threads_match_sequential_runs(rng: np.random.Generator) -> None:

@@ -175,6 +175,13 @@ int get_num_threads();
 // Name of the BLAS kernel set chosen at run time (e.g. "SkylakeX", "Haswell").
 const char* blas_core_name();
 
+// The most threads let into BLAS at once (the BLAS build's MAX_THREADS: it holds work buffers
+// for so many callers); for its tests, a lower limit (0: the build's figure again), and the
+// most threads that were inside at once since the process started.
+int blas_call_limit();
+void set_blas_call_limit_for_tests(int n);
+int blas_peak_calls();
+
 // The recurrent kernels' instruction set: "avx512", "avx2" or "generic", chosen once from cpuid
 // (the widest this CPU runs) unless the environment variable LSTMCORE_ISA names one. isa()
 // throws std::invalid_argument when LSTMCORE_ISA names an unknown path or one this CPU lacks.
