@@ -385,69 +385,57 @@ print(lstmcore.get_num_threads())
     assert int(done.stdout.strip()) == 255
 
 
-@pytest.mark.subprocess
-def test_more_python_threads_in_matmul_than_blas_holds_all_get_the_right_product() -> None:
-    """160 Python threads call matmul at once (it releases the GIL): more than the 64 callers
-    OpenBLAS's build holds buffers for. Without the core's limit on callers inside BLAS this
-    warned "may still crash" on aarch64; with it, the extra threads wait their turn. A child
-    process, so what OpenBLAS prints is seen."""
-    code = """
-import threading, numpy as np
-from lstmcore import ops
-rng = np.random.default_rng(11)
-a = rng.standard_normal((128, 256)).astype(np.float32)
-b = rng.standard_normal((256, 96)).astype(np.float32)
-want = a.astype(np.float64) @ b.astype(np.float64)
-start = threading.Barrier(160)
-worst = []
-def work():
-    start.wait()
-    worst.append(max(float(np.abs(ops.matmul(a, b) - want).max()) for _ in range(3)))
-threads = [threading.Thread(target=work) for _ in range(160)]
-for t in threads: t.start()
-for t in threads: t.join()
-print(len(worst), max(worst))
-"""
-    done = run_python(code)
-    assert done.returncode == 0, done.stderr
-    assert "NUM_THREADS exceeded" not in done.stderr, done.stderr
-    count, worst = done.stdout.split()
-    assert int(count) == 160
-    # float32 products of 256 terms of size ~1: within 1e-3 of the float64 product
-    assert float(worst) <= 1e-3, worst
-
-
-@pytest.mark.subprocess
-def test_threads_past_the_blas_limit_wait_their_turn() -> None:
-    """The limit on threads inside BLAS at once, lowered to 2 (in a child: the limit is the
-    process's): 16 Python threads calling matmul at once all get the right product, never more
-    than 2 are inside at once, and none waits forever (the wait is what a machine with more
-    threads than OpenBLAS's MAX_THREADS reaches)."""
-    code = """
+def matmul_from_many_threads(threads: int, m: int, k: int, n: int, limit: int = 0) -> list[str]:
+    """In a child process (the limit on threads inside BLAS is the process's; what OpenBLAS
+    prints is seen): `threads` Python threads released at once each call matmul (m, k) x (k, n)
+    four times, with the limit lowered to `limit` if given. Returns the child's report: how
+    many threads finished, the worst error against float64, the most threads inside BLAS at
+    once."""
+    code = f"""
 import threading, numpy as np
 from lstmcore import _core, ops
-assert _core.blas_call_limit() >= 2, _core.blas_call_limit()
-_core._set_blas_call_limit_for_tests(2)
-assert _core.blas_call_limit() == 2
-rng = np.random.default_rng(12)
-a = rng.standard_normal((192, 256)).astype(np.float32)
-b = rng.standard_normal((256, 192)).astype(np.float32)
+if {limit}:
+    _core._set_blas_call_limit_for_tests({limit})
+    assert _core.blas_call_limit() == {limit}, _core.blas_call_limit()
+rng = np.random.default_rng(11)
+a = rng.standard_normal(({m}, {k})).astype(np.float32)
+b = rng.standard_normal(({k}, {n})).astype(np.float32)
 want = a.astype(np.float64) @ b.astype(np.float64)
-start = threading.Barrier(16)
+start = threading.Barrier({threads})
 worst = []
 def work():
     start.wait()
     worst.append(max(float(np.abs(ops.matmul(a, b) - want).max()) for _ in range(4)))
-threads = [threading.Thread(target=work) for _ in range(16)]
+threads = [threading.Thread(target=work) for _ in range({threads})]
 for t in threads: t.start()
 for t in threads: t.join()
 print(len(worst), max(worst), _core._blas_peak_calls())
 """
     done = run_python(code)
     assert done.returncode == 0, done.stderr
-    count, worst, peak = done.stdout.split()
-    assert int(count) == 16
-    assert float(worst) <= 1e-3, worst  # float32 sums of 256 terms of size ~1
+    assert "NUM_THREADS exceeded" not in done.stderr, done.stderr
+    report: list[str] = done.stdout.split()
+    assert int(report[0]) == threads, report
+    # float32 products of k terms of size ~1: within 1e-3 of the float64 product
+    assert float(report[1]) <= 1e-3, report
+    return report
+
+
+@pytest.mark.subprocess
+def test_more_python_threads_in_matmul_than_blas_holds_all_get_the_right_product() -> None:
+    """160 Python threads call matmul at once (it releases the GIL): more than the 64 callers
+    OpenBLAS's build holds buffers for. Without the core's limit on callers inside BLAS this
+    warned "may still crash" on aarch64; with it, the extra threads wait their turn."""
+    *_, peak = matmul_from_many_threads(160, 128, 256, 96)
+    assert 1 <= int(peak) <= 64, peak
+
+
+@pytest.mark.subprocess
+def test_threads_past_the_blas_limit_wait_their_turn() -> None:
+    """The limit lowered to 2: 16 Python threads calling matmul at once all get the right
+    product, never more than 2 are inside at once, and none waits forever (the wait is what a
+    machine with more threads than OpenBLAS's MAX_THREADS reaches)."""
+    *_, peak = matmul_from_many_threads(16, 192, 256, 192, limit=2)
     assert 1 <= int(peak) <= 2, peak
 
 
