@@ -88,5 +88,4 @@ inline void set_threads(int n) { scipy_openblas_set_num_threads(n); }
 inline int get_threads() { return scipy_openblas_get_num_threads(); }
 inline const char* core_name() { return scipy_openblas_get_corename(); }
 
-
 }  // namespace lstmcore::blas

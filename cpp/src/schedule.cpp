@@ -85,11 +85,11 @@ Plan plan_for(const Recurrence& r, int n) {
   return p;
 }
 
-// A thread takes its rows through the whole sequence in chunks of at most kRowChunk rows, so
-// a chunk's state stays in the core's L2 cache from
-// step to step: one thread over 256 rows ran 10-20% slower per row than over 128 (forward and
-// backward, Intel Xeon), and inference at B=1000 on 2 threads 40% slower per row than at 512.
-// Rows are independent, so the chunks change no result.
+// A thread takes its rows through the whole sequence in chunks of at most kRowChunk rows, so a
+// chunk's state stays in the core's L2 cache from step to step: one thread over 256 rows ran
+// 10-20% slower per row than over 128 (forward and backward, Intel Xeon), and inference at
+// B=1000 on 2 threads 40% slower per row than at 512. Rows are independent, so the chunks
+// change no result.
 constexpr i64 kRowChunk = 128;
 
 // rows [r0, r1) as Tiles of every block, kRowChunk rows at most each
@@ -178,9 +178,9 @@ void run_plan(const Plan& plan, const Recurrence& r, SequenceFn sequence, void* 
 // 2 threads 1.40 ms where the rows split takes 0.75-0.93), then every 500 calls, as the
 // machine's load changes. With the margin and the second measurement, B=16 inference at 2
 // threads ran 0.58-0.59 ms from the 60th call in 3 of 3 processes (one thread: 1.06). The
-// rows split in chunks taken in turn is not timed (see dynamic_chunk): a thread a busy core slows takes fewer
-// chunks, so it costs at most about one thread's time, and timing it over the first calls kept
-// one thread for B=128 inference at 8-10 ms where two take 5.
+// rows split in chunks taken in turn is not timed (see dynamic_chunk): a thread that a busy
+// core slows takes fewer chunks, so it costs at most about one thread's time, and timing it
+// over the first calls kept one thread for B=128 inference at 8-10 ms where two take 5.
 class Tuner {
  public:
   struct Key {

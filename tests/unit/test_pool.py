@@ -36,11 +36,10 @@ def check(out: list[np.ndarray], p: Any, tol: float = 1e-5) -> None:
         assert rel_err(a, b) <= tol
 
 
-# shapes that take each schedule at 2 threads: batch rows split (no barrier), hidden-unit
-# blocks split (one barrier per step), and one thread (too little work to share)
-# (5, 300, ...): more rows than one chunk (kRowChunk = 128) at every thread count up to 2
-# rows in one block per thread, units split (B=4, H=256; B=1, H=128 from 1e5 flops a step),
-# one thread, rows in chunks taken in turn (B=300)
+# shapes that take each schedule at 2 threads: rows in one block per thread (no barrier),
+# hidden-unit blocks split (one barrier per step: B=4, H=256; B=1, H=128 from 1e5 flops a
+# step), one thread (too little work to share), and rows in chunks taken in turn (B=300, more
+# rows than one chunk at every thread count up to 2)
 SHAPES = [(6, 64, 5, 40), (5, 4, 7, 256), (6, 1, 28, 128), (4, 1, 3, 16), (5, 300, 6, 16)]
 
 
